@@ -1,0 +1,36 @@
+# Everything a new machine needs is installed here: `make test` and `make run` work on a fresh
+# clone with only Python 3.11+ present.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test run lint bench schema clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+run: $(STAMP)
+	METERLINE_ENV=$${METERLINE_ENV:-development} $(BIN)/meterline serve --demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check meterline tests bench
+	$(BIN)/ruff format --check meterline tests bench
+	$(BIN)/mypy meterline
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.record_usage
+
+schema: $(STAMP)
+	$(BIN)/meterline schema > schema.graphql
+
+clean:
+	rm -rf $(VENV) .meterline .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from meterline.cli import main
+
+main()

@@ -1,0 +1,165 @@
+"""create_app(settings) -> Litestar: GraphQL, health, readiness and metrics."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from litestar import Litestar, Request, Response, get
+from litestar.connection import ASGIConnection
+from litestar.exceptions import HTTPException, NotAuthorizedException, NotFoundException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from strawberry.litestar import make_graphql_controller
+
+from meterline.auth import AuthenticationError, TokenVerifier, bearer_token
+from meterline.config import Settings
+from meterline.db import engine
+from meterline.db.embedded import resolve_database_url
+from meterline.log import request_id_var
+from meterline.schema import build_schema
+from meterline.schema.context import Context
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "x-request-id"
+MAX_BODY_BYTES = 1024 * 1024  # far above any legitimate document or batch
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def request_id_middleware(app: ASGIApp) -> ASGIApp:
+    """Take the caller's X-Request-ID (if sane) or make one; log with it and send it back."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
+        request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = request_id_var.set(request_id)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((REQUEST_ID_HEADER.encode(), request_id.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
+
+    return middleware
+
+
+def unauthorized(reason: str) -> NotAuthorizedException:
+    return NotAuthorizedException(detail=reason, headers={"WWW-Authenticate": "Bearer"})
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Callable[[], datetime] = utc_now,
+    manage_database: bool = True,
+) -> Litestar:
+    """`manage_database=False` leaves the pool to the caller (tests open it on their loop)."""
+    verifier = TokenVerifier(settings)
+    schema = build_schema(introspection=settings.is_development)
+
+    async def graphql_context(request: Request[Any, Any, Any]) -> Context:
+        try:
+            principal = await verifier.verify(bearer_token(request.headers.get("authorization")))
+        except AuthenticationError as exc:
+            raise unauthorized(str(exc)) from exc
+        return Context(
+            principal=principal,
+            settings=settings,
+            clock=clock,
+            request_id=request.scope.get("state", {}).get("request_id") or uuid.uuid4().hex,
+        )
+
+    graphql = make_graphql_controller(
+        schema,
+        path="/graphql",
+        context_getter=graphql_context,
+        graphql_ide="graphiql" if settings.is_development else None,
+        allow_queries_via_get=False,
+    )
+
+    @get("/healthz", sync_to_thread=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get("/readyz")
+    async def readyz() -> Response[dict[str, str]]:
+        if await engine.ping():
+            return Response({"status": "ready"})
+        return Response({"status": "database unreachable"}, status_code=503)
+
+    def metrics_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        expected = settings.metrics_token
+        if expected is None:
+            if settings.is_development:
+                return
+            # Production never serves metrics to anyone who asks.
+            raise NotFoundException()
+        try:
+            given = bearer_token(connection.headers.get("authorization"))
+        except AuthenticationError as exc:
+            raise unauthorized(str(exc)) from exc
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise unauthorized("wrong metrics token")
+
+    class MetricsController(PrometheusController):
+        guards = [metrics_guard]
+
+    prometheus = PrometheusConfig(app_name="meterline", prefix="meterline", group_path=True,
+                                  exclude=["/metrics", "/healthz"])
+
+    @asynccontextmanager
+    async def database(_: Litestar) -> AsyncIterator[None]:
+        if not manage_database:
+            yield
+            return
+        url = resolve_database_url(settings.database_url, settings.embedded_data_dir)
+        await engine.open_pool(
+            url,
+            min_size=settings.db_pool_min_size,
+            max_size=settings.db_pool_max_size,
+            statement_timeout_ms=settings.statement_timeout_ms,
+        )
+        await verifier.warm()
+        try:
+            yield
+        finally:
+            await engine.close_pool()
+
+    def log_unhandled(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+        if isinstance(exc, HTTPException):
+            return Response(
+                {"status_code": exc.status_code, "detail": exc.detail},
+                status_code=exc.status_code,
+                headers=exc.headers,
+            )
+        logger.error("unhandled error on %s", request.url.path, exc_info=exc)
+        return Response({"status_code": 500, "detail": "Internal server error"}, status_code=500)
+
+    return Litestar(
+        route_handlers=[graphql, healthz, readyz, MetricsController],
+        middleware=[request_id_middleware, prometheus.middleware],
+        lifespan=[database],
+        exception_handlers={Exception: log_unhandled},
+        request_max_body_size=MAX_BODY_BYTES,
+        debug=False,
+    )

@@ -1,0 +1,262 @@
+"""`meterline ...` commands (also `python -m meterline`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from meterline.billing.catalog import Tier
+from meterline.config import ConfigError, Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise SystemExit(f"meterline: {exc}") from exc
+
+
+def _dev_secret(settings: Settings, name: str) -> str:
+    """A development secret kept under .meterline/, so tokens survive a restart of `make run`."""
+    path = Path(settings.embedded_data_dir).parent / name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def with_dev_defaults(settings: Settings) -> Settings:
+    """In development, unset token secrets get local values; production never invents them."""
+    if not settings.is_development:
+        return settings
+    return replace(
+        settings,
+        jwt_secret=settings.jwt_secret or _dev_secret(settings, "jwt_secret"),
+        service_jwt_secret=settings.service_jwt_secret or _dev_secret(settings, "service_jwt_secret"),
+    )
+
+
+async def _with_database(settings: Settings, work: Callable[[], Awaitable[Any]]) -> Any:
+    from meterline.db import engine
+    from meterline.db.embedded import resolve_database_url
+
+    url = resolve_database_url(settings.database_url, settings.embedded_data_dir)
+    await engine.open_pool(url, min_size=1, max_size=4)
+    try:
+        return await work()
+    finally:
+        await engine.close_pool()
+
+
+def _migrate_only(settings: Settings) -> None:
+    from meterline.db import engine
+    from meterline.db.embedded import resolve_database_url
+    from meterline.db.migrate import migrate
+
+    engine.configure(resolve_database_url(settings.database_url, settings.embedded_data_dir))
+    asyncio.run(migrate())
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    _migrate_only(_settings())
+    print("migrated")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from meterline.app import create_app
+    from meterline.auth import mint_development_token
+    from meterline.demo import DEMO_COMPANY_ID, seed_demo
+    from meterline.log import configure_logging
+
+    configure_logging()
+    settings = with_dev_defaults(_settings())
+    if args.host:
+        settings = replace(settings, host=args.host)
+    if args.port:
+        settings = replace(settings, port=args.port)
+    if settings.database_url is None:  # start the embedded server once, here, for the app too
+        from meterline.db.embedded import start_embedded
+
+        settings = replace(settings, database_url=start_embedded(settings.embedded_data_dir))
+    _migrate_only(settings)
+    base = f"http://{settings.host}:{settings.port}"
+    if args.demo:
+        now = datetime.now(UTC)
+        seeded = asyncio.run(
+            _with_database(
+                settings, lambda: seed_demo(now, late_grace_hours=settings.late_usage_grace_hours)
+            )
+        )
+        print(f"Demo company {DEMO_COMPANY_ID} {'seeded' if seeded else 'already there'}.")
+        if settings.is_development:
+            token = mint_development_token(settings, company_id=DEMO_COMPANY_ID)
+            print(f"\nGraphiQL:  {base}/graphql")
+            print(f"Token (company_admin of the demo company, 12 h):\n\n{token}\n")
+            print(f"curl -s {base}/graphql -H 'Authorization: Bearer {token[:12]}...' ...\n")
+    print(f"Meterline ({settings.env}) serving on {base}", flush=True)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def cmd_token(args: argparse.Namespace) -> None:
+    from meterline.auth import AuthenticationError, mint_development_token, mint_service_token
+
+    settings = with_dev_defaults(_settings())
+    company_id = uuid.UUID(args.company)
+    try:
+        if args.service:
+            if settings.service_jwt_secret is None:
+                raise SystemExit("meterline: SERVICE_JWT_SECRET is not set")
+            token = mint_service_token(
+                settings,
+                company_id=company_id,
+                service=args.name,
+                ttl=timedelta(hours=args.ttl_hours or 24 * 30),
+            )
+        else:
+            token = mint_development_token(
+                settings,
+                company_id=company_id,
+                user_id=args.user,
+                role=args.role,
+                ttl=timedelta(hours=args.ttl_hours or 12),
+            )
+    except (AuthenticationError, ValueError) as exc:
+        raise SystemExit(f"meterline: {exc}") from exc
+    print(token)
+
+
+def cmd_company(args: argparse.Namespace) -> None:
+    from meterline.db import companies
+
+    settings = _settings()
+
+    async def work() -> None:
+        if args.action == "list":
+            for company in await companies.list_all(limit=args.limit):
+                print(_describe(company))
+            return
+        company_id = uuid.UUID(args.company)
+        if args.action == "create":
+            company = await companies.get_or_create(company_id)
+        elif args.action == "show":
+            company = await companies.get(company_id)
+        elif args.action == "set-tier":
+            company = await companies.set_tier(company_id, Tier(args.tier))
+        elif args.action == "set-stripe":
+            company = await companies.set_stripe_ids(
+                company_id, customer_id=args.customer, subscription_id=args.subscription
+            )
+        elif args.action == "clear-dunning":
+            company = await companies.clear_dunning(company_id)
+        else:  # pragma: no cover - argparse restricts choices
+            raise SystemExit(f"unknown action {args.action}")
+        if company is None:
+            raise SystemExit(f"meterline: no company {company_id}")
+        print(_describe(company))
+
+    asyncio.run(_with_database(settings, work))
+
+
+def _describe(company: Any) -> str:
+    status = company.dunning.status(datetime.now(UTC)).value
+    return (
+        f"{company.id}  tier={company.tier.value}  status={status}  "
+        f"customer={company.stripe_customer_id or '-'}  "
+        f"subscription={company.stripe_subscription_id or '-'}  "
+        f"grace_ends_at={company.dunning.grace_ends_at or '-'}"
+    )
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from meterline.demo import DEMO_COMPANY_ID, seed_demo
+
+    settings = _settings()
+    _migrate_only(settings)
+    now = datetime.now(UTC)
+    seeded = asyncio.run(
+        _with_database(
+            settings, lambda: seed_demo(now, late_grace_hours=settings.late_usage_grace_hours)
+        )
+    )
+    print(f"demo company {DEMO_COMPANY_ID} {'seeded' if seeded else 'already exists'}")
+
+
+def cmd_schema(args: argparse.Namespace) -> None:
+    from meterline.schema import build_schema
+
+    print(build_schema(introspection=True).as_str())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meterline", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="migrate, then serve the API")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--demo", action="store_true", help="seed the demo company if absent")
+    serve.set_defaults(func=cmd_serve)
+
+    commands.add_parser("migrate", help="apply migrations and seed tiers").set_defaults(
+        func=cmd_migrate
+    )
+
+    token = commands.add_parser("token", help="mint a development user token or a service token")
+    token.add_argument("--company", required=True, help="company UUID")
+    token.add_argument("--service", action="store_true", help="a service token (role service)")
+    token.add_argument("--name", default="backend", help="service name (with --service)")
+    token.add_argument("--role", default="company_admin")
+    token.add_argument("--user", default="dev_user")
+    token.add_argument("--ttl-hours", type=int)
+    token.set_defaults(func=cmd_token)
+
+    company = commands.add_parser("company", help="inspect and administer companies")
+    actions = company.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list")
+    listing.add_argument("--limit", type=int, default=100)
+    for name in ("create", "show", "clear-dunning"):
+        actions.add_parser(name).add_argument("company")
+    set_tier = actions.add_parser("set-tier")
+    set_tier.add_argument("company")
+    set_tier.add_argument("tier", choices=[t.value for t in Tier])
+    set_stripe = actions.add_parser("set-stripe")
+    set_stripe.add_argument("company")
+    set_stripe.add_argument("--customer")
+    set_stripe.add_argument("--subscription")
+    company.set_defaults(func=cmd_company)
+
+    commands.add_parser("demo", help="seed the demo company").set_defaults(func=cmd_demo)
+    commands.add_parser("schema", help="print the GraphQL SDL").set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("PICCOLO_CONF", "meterline.db.piccolo_conf")
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

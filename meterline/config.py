@@ -1,0 +1,103 @@
+"""Settings, read once from the environment into one frozen object."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+Environment = Literal["production", "development"]
+
+
+class ConfigError(ValueError):
+    """A setting has a value Meterline cannot run with."""
+
+
+def _opt(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    return value or None
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = _opt(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: Environment = "production"
+    database_url: str | None = None
+    # Auth
+    clerk_jwks_url: str | None = None
+    clerk_jwt_key: str | None = None  # PEM public key, networkless verification
+    clerk_issuer: str | None = None
+    clerk_authorized_parties: tuple[str, ...] = ()
+    service_jwt_secret: str | None = None
+    jwt_secret: str | None = None  # development user tokens only
+    jwt_leeway_seconds: int = 5
+    # Stripe (used by later issues; recording never calls Stripe)
+    stripe_secret_key: str | None = None
+    stripe_api_base: str | None = None
+    stripe_webhook_secret: str | None = None
+    stripe_thin_webhook_secret: str | None = None
+    cron_secret: str | None = None
+    # Operations
+    metrics_token: str | None = None
+    late_usage_grace_hours: int = 1
+    host: str = "127.0.0.1"
+    port: int = 8000
+    db_pool_min_size: int = 1
+    db_pool_max_size: int = 20
+    statement_timeout_ms: int = 10_000
+    embedded_data_dir: str = ".meterline/pgdata"
+
+    @property
+    def is_development(self) -> bool:
+        return self.env == "development"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        raw_env = (_opt(env, "METERLINE_ENV") or "production").lower()
+        if raw_env not in ("production", "development"):
+            raise ConfigError(f"METERLINE_ENV must be production or development, got {raw_env!r}")
+        parties = tuple(
+            p.strip() for p in (_opt(env, "CLERK_AUTHORIZED_PARTIES") or "").split(",") if p.strip()
+        )
+        pool_min = _int(env, "DB_POOL_MIN_SIZE", 1, minimum=1)
+        pool_max = _int(env, "DB_POOL_MAX_SIZE", 20, minimum=1)
+        if pool_min > pool_max:
+            raise ConfigError("DB_POOL_MIN_SIZE must not exceed DB_POOL_MAX_SIZE")
+        return cls(
+            env=raw_env,  # type: ignore[arg-type]
+            database_url=_opt(env, "DATABASE_URL"),
+            clerk_jwks_url=_opt(env, "CLERK_JWKS_URL"),
+            clerk_jwt_key=_opt(env, "CLERK_JWT_KEY"),
+            clerk_issuer=_opt(env, "CLERK_ISSUER"),
+            clerk_authorized_parties=parties,
+            service_jwt_secret=_opt(env, "SERVICE_JWT_SECRET"),
+            jwt_secret=_opt(env, "JWT_SECRET"),
+            jwt_leeway_seconds=_int(env, "JWT_LEEWAY_SECONDS", 5),
+            stripe_secret_key=_opt(env, "STRIPE_SECRET_KEY"),
+            stripe_api_base=_opt(env, "STRIPE_API_BASE"),
+            stripe_webhook_secret=_opt(env, "STRIPE_WEBHOOK_SECRET"),
+            stripe_thin_webhook_secret=_opt(env, "STRIPE_THIN_WEBHOOK_SECRET"),
+            cron_secret=_opt(env, "CRON_SECRET"),
+            metrics_token=_opt(env, "METRICS_TOKEN"),
+            late_usage_grace_hours=_int(env, "LATE_USAGE_GRACE_HOURS", 1),
+            host=_opt(env, "HOST") or "127.0.0.1",
+            port=_int(env, "PORT", 8000, minimum=1),
+            db_pool_min_size=pool_min,
+            db_pool_max_size=pool_max,
+            statement_timeout_ms=_int(env, "DB_STATEMENT_TIMEOUT_MS", 10_000),
+            embedded_data_dir=_opt(env, "METERLINE_DATA_DIR") or ".meterline/pgdata",
+        )

@@ -1,0 +1,98 @@
+"""SQL of the `companies` table."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from meterline.billing.catalog import Tier
+from meterline.billing.dunning import Dunning
+from meterline.db import sql
+
+_COLUMNS = (
+    "id, tier, stripe_customer_id, stripe_subscription_id, past_due_since, grace_ends_at, "
+    "restricted, created_at"
+)
+
+
+@dataclass(frozen=True)
+class Company:
+    id: uuid.UUID
+    tier: Tier
+    stripe_customer_id: str | None
+    stripe_subscription_id: str | None
+    dunning: Dunning
+    created_at: datetime
+
+
+def _company(row: asyncpg.Record) -> Company:
+    return Company(
+        id=row["id"],
+        tier=Tier(row["tier"]),
+        stripe_customer_id=row["stripe_customer_id"],
+        stripe_subscription_id=row["stripe_subscription_id"],
+        dunning=Dunning(row["past_due_since"], row["grace_ends_at"], row["restricted"]),
+        created_at=row["created_at"],
+    )
+
+
+async def get(company_id: uuid.UUID) -> Company | None:
+    row = await sql.fetchrow(f"SELECT {_COLUMNS} FROM companies WHERE id = $1", company_id)
+    return _company(row) if row else None
+
+
+async def get_or_create(company_id: uuid.UUID) -> Company:
+    """A company exists as soon as a valid token names it: created on the free tier."""
+    row = await sql.fetchrow(
+        f"INSERT INTO companies (id, tier) VALUES ($1, 'free') ON CONFLICT (id) DO NOTHING "
+        f"RETURNING {_COLUMNS}",
+        company_id,
+    )
+    if row is None:  # it existed, or a concurrent request created it (now committed)
+        row = await sql.fetchrow(f"SELECT {_COLUMNS} FROM companies WHERE id = $1", company_id)
+    assert row is not None
+    return _company(row)
+
+
+async def list_all(limit: int = 100) -> list[Company]:
+    rows = await sql.fetch(f"SELECT {_COLUMNS} FROM companies ORDER BY created_at LIMIT $1", limit)
+    return [_company(r) for r in rows]
+
+
+async def set_tier(company_id: uuid.UUID, tier: Tier) -> Company | None:
+    row = await sql.fetchrow(
+        f"UPDATE companies SET tier = $2 WHERE id = $1 RETURNING {_COLUMNS}", company_id, tier.value
+    )
+    return _company(row) if row else None
+
+
+async def set_stripe_ids(
+    company_id: uuid.UUID, *, customer_id: str | None, subscription_id: str | None
+) -> Company | None:
+    row = await sql.fetchrow(
+        f"UPDATE companies SET stripe_customer_id = $2, stripe_subscription_id = $3 "
+        f"WHERE id = $1 RETURNING {_COLUMNS}",
+        company_id,
+        customer_id,
+        subscription_id,
+    )
+    return _company(row) if row else None
+
+
+async def set_dunning(company_id: uuid.UUID, dunning: Dunning) -> Company | None:
+    row = await sql.fetchrow(
+        f"UPDATE companies SET past_due_since = $2, grace_ends_at = $3, restricted = $4 "
+        f"WHERE id = $1 RETURNING {_COLUMNS}",
+        company_id,
+        dunning.past_due_since,
+        dunning.grace_ends_at,
+        dunning.restricted,
+    )
+    return _company(row) if row else None
+
+
+async def clear_dunning(company_id: uuid.UUID) -> Company | None:
+    return await set_dunning(company_id, Dunning(None, None, False))

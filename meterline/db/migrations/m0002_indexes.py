@@ -1,0 +1,30 @@
+"""Indexes the queries need (written by hand: auto-migrations do not emit multi-column ones)."""
+
+from piccolo.apps.migrations.auto.migration_manager import MigrationManager
+
+from meterline.db.engine import DB
+
+ID = "2026-11-25T19:40:00:000000"
+VERSION = "1.38.0"
+DESCRIPTION = "indexes for the audit trail and the month lookups"
+
+
+async def forwards() -> MigrationManager:
+    manager = MigrationManager(migration_id=ID, app_name="meterline", description=DESCRIPTION)
+
+    async def create_indexes() -> None:
+        for statement in STATEMENTS:
+            await DB.run_ddl(statement)
+
+    manager.add_raw(create_indexes)
+    return manager
+
+
+STATEMENTS = [
+    # usageEvents pages newest first by (occurred_at, id), per company.
+    "CREATE INDEX IF NOT EXISTS usage_events_company_occurred "
+    "ON usage_events (company_id, occurred_at DESC, id DESC)",
+    "CREATE INDEX IF NOT EXISTS usage_events_company_month_type "
+    "ON usage_events (company_id, month, event_type)",
+    "CREATE INDEX IF NOT EXISTS idempotency_keys_event ON idempotency_keys (event_id)",
+]

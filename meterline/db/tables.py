@@ -1,0 +1,121 @@
+"""Piccolo tables. Constraints live in the database, not only in Python.
+
+Every per-company table carries `company_id` (the Citus distribution column); `event_types`,
+`tiers` and `tier_allowances` are reference data. A known event type is a foreign key to
+`event_types`, so adding one is a data change, not a schema change.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from piccolo.columns import (
+    JSONB,
+    UUID,
+    BigInt,
+    Boolean,
+    Date,
+    ForeignKey,
+    Integer,
+    Numeric,
+    OnDelete,
+    Timestamptz,
+    Varchar,
+)
+from piccolo.columns.defaults.timestamptz import TimestamptzNow
+from piccolo.constraints import Check, Unique
+from piccolo.table import Table
+
+from meterline.db.engine import DB
+
+MAX_QUANTITY = 100_000
+
+
+class EventTypeRow(Table, tablename="event_types", db=DB):
+    name = Varchar(length=64, primary_key=True)
+
+
+class TierRow(Table, tablename="tiers", db=DB):
+    name = Varchar(length=32, primary_key=True)
+    position = Integer(default=0)  # display order, cheapest first
+    grace_days = Integer(default=14)
+
+    tiers_grace_days_non_negative = Check("grace_days >= 0")
+
+
+class TierAllowanceRow(Table, tablename="tier_allowances", db=DB):
+    tier = ForeignKey(TierRow, on_delete=OnDelete.cascade, null=False)
+    event_type = ForeignKey(EventTypeRow, on_delete=OnDelete.restrict, null=False)
+    included = BigInt(null=True, default=None)  # NULL = unlimited
+    unit_price = Numeric(digits=(12, 6))  # USD per unit beyond `included`
+
+    tier_allowances_unique = Unique(["tier", "event_type"])
+    tier_allowances_included_non_negative = Check("included IS NULL OR included >= 0")
+    tier_allowances_price_non_negative = Check("unit_price >= 0")
+
+
+class CompanyRow(Table, tablename="companies", db=DB):
+    id = UUID(primary_key=True)
+    tier = ForeignKey(TierRow, on_delete=OnDelete.restrict, null=False, default="free")
+    stripe_customer_id = Varchar(length=255, null=True, default=None, unique=True)
+    stripe_subscription_id = Varchar(length=255, null=True, default=None)
+    # Dunning: NULL = OK. See billing.dunning for how these give PAST_DUE / RESTRICTED.
+    past_due_since = Timestamptz(null=True, default=None)
+    grace_ends_at = Timestamptz(null=True, default=None)
+    restricted = Boolean(default=False)  # forced (e.g. invoice marked uncollectible)
+    created_at = Timestamptz(default=TimestamptzNow())
+
+
+class UsageEventRow(Table, tablename="usage_events", db=DB):
+    id = UUID(primary_key=True, default=uuid.uuid4)
+    company_id = ForeignKey(CompanyRow, on_delete=OnDelete.restrict, null=False)
+    event_type = ForeignKey(EventTypeRow, on_delete=OnDelete.restrict, null=False)
+    quantity = Integer()
+    occurred_at = Timestamptz()
+    month = Date()  # UTC month of occurred_at floored to seconds, computed in billing/
+    recorded_at = Timestamptz(default=TimestamptzNow())
+    idempotency_key = Varchar(length=255, null=True, default=None)
+    metadata = JSONB(null=True, default=None)
+    sync_state = Varchar(length=16, default="local_only")
+
+    usage_events_quantity_range = Check(f"quantity BETWEEN 1 AND {MAX_QUANTITY}")
+    usage_events_month_first_day = Check("EXTRACT(DAY FROM month) = 1")
+    usage_events_sync_state_known = Check(
+        "sync_state IN ('local_only', 'pending', 'sending', 'sent', 'failed', 'unknown')"
+    )
+    usage_events_metadata_object = Check("metadata IS NULL OR jsonb_typeof(metadata) = 'object'")
+
+
+class IdempotencyKeyRow(Table, tablename="idempotency_keys", db=DB):
+    """Kept apart from usage_events so that table can be partitioned by month later."""
+
+    company_id = ForeignKey(CompanyRow, on_delete=OnDelete.restrict, null=False)
+    key = Varchar(length=255)
+    event_id = ForeignKey(UsageEventRow, on_delete=OnDelete.cascade, null=False)
+    created_at = Timestamptz(default=TimestamptzNow())
+
+    idempotency_keys_unique = Unique(["company_id", "key"])
+    idempotency_keys_not_empty = Check("length(key) > 0")
+
+
+class UsageRollupRow(Table, tablename="usage_rollups", db=DB):
+    """One row per (company, month, event type): always the sum of that month's events."""
+
+    company_id = ForeignKey(CompanyRow, on_delete=OnDelete.restrict, null=False)
+    month = Date()
+    event_type = ForeignKey(EventTypeRow, on_delete=OnDelete.restrict, null=False)
+    used = BigInt(default=0)
+
+    usage_rollups_unique = Unique(["company_id", "month", "event_type"])
+    usage_rollups_used_non_negative = Check("used >= 0")
+
+
+ALL_TABLES: list[type[Table]] = [
+    EventTypeRow,
+    TierRow,
+    TierAllowanceRow,
+    CompanyRow,
+    UsageEventRow,
+    IdempotencyKeyRow,
+    UsageRollupRow,
+]

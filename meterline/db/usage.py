@@ -1,0 +1,192 @@
+"""SQL of the usage tables: usage_events, idempotency_keys and usage_rollups.
+
+They are written together, in the one transaction of a recording (see services/usage.py), so
+the rollup is always exactly the sum of the events.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+import asyncpg
+
+from meterline.billing.catalog import EventType
+from meterline.db import sql
+
+_EVENT_COLUMNS = (
+    "id, company_id, event_type, quantity, occurred_at, month, idempotency_key, metadata, "
+    "sync_state, recorded_at"
+)
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    id: uuid.UUID
+    company_id: uuid.UUID
+    event_type: EventType
+    quantity: int
+    occurred_at: datetime
+    month: date
+    idempotency_key: str | None
+    metadata: dict[str, Any] | None
+    sync_state: str
+    recorded_at: datetime
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    id: uuid.UUID
+    company_id: uuid.UUID
+    event_type: EventType
+    quantity: int
+    occurred_at: datetime
+    month: date
+    idempotency_key: str | None
+    metadata: dict[str, Any] | None
+    sync_state: str
+
+
+def _event(row: asyncpg.Record) -> StoredEvent:
+    metadata = row["metadata"]
+    return StoredEvent(
+        id=row["id"],
+        company_id=row["company_id"],
+        event_type=EventType(row["event_type"]),
+        quantity=row["quantity"],
+        occurred_at=row["occurred_at"],
+        month=row["month"],
+        idempotency_key=row["idempotency_key"],
+        metadata=json.loads(metadata) if metadata is not None else None,
+        sync_state=row["sync_state"],
+        recorded_at=row["recorded_at"],
+    )
+
+
+async def insert_event(event: NewEvent) -> StoredEvent:
+    row = await sql.fetchrow(
+        f"INSERT INTO usage_events (id, company_id, event_type, quantity, occurred_at, month, "
+        f"idempotency_key, metadata, sync_state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+        f"RETURNING {_EVENT_COLUMNS}",
+        event.id,
+        event.company_id,
+        event.event_type.value,
+        event.quantity,
+        event.occurred_at,
+        event.month,
+        event.idempotency_key,
+        json.dumps(event.metadata) if event.metadata is not None else None,
+        event.sync_state,
+    )
+    assert row is not None
+    return _event(row)
+
+
+async def claim_idempotency_key(company_id: uuid.UUID, key: str, event_id: uuid.UUID) -> bool:
+    """True when the key is ours now. False when another event holds it: if that event's
+    transaction is still open, this waits for it to end (unique index), so a concurrent
+    retry never records a second event."""
+    row = await sql.fetchrow(
+        "INSERT INTO idempotency_keys (company_id, key, event_id) VALUES ($1, $2, $3) "
+        "ON CONFLICT (company_id, key) DO NOTHING RETURNING event_id",
+        company_id,
+        key,
+        event_id,
+    )
+    return row is not None
+
+
+async def event_by_idempotency_key(company_id: uuid.UUID, key: str) -> StoredEvent | None:
+    row = await sql.fetchrow(
+        f"SELECT {', '.join('e.' + c.strip() for c in _EVENT_COLUMNS.split(','))} "
+        "FROM idempotency_keys k JOIN usage_events e ON e.id = k.event_id "
+        "WHERE k.company_id = $1 AND k.key = $2",
+        company_id,
+        key,
+    )
+    return _event(row) if row else None
+
+
+async def add_to_rollup(
+    company_id: uuid.UUID, month: date, event_type: EventType, quantity: int, cap: int | None
+) -> int | None:
+    """Add `quantity` to the month's rollup and return the new total; None (nothing written)
+    when the total would pass `cap`. The upsert locks the rollup row, so concurrent recordings
+    are checked one after the other against the committed total."""
+    row = await sql.fetchrow(
+        "INSERT INTO usage_rollups (company_id, month, event_type, used) "
+        "SELECT $1, $2, $3, $4 WHERE $5::bigint IS NULL OR $4 <= $5 "
+        "ON CONFLICT (company_id, month, event_type) "
+        "DO UPDATE SET used = usage_rollups.used + EXCLUDED.used "
+        "WHERE $5::bigint IS NULL OR usage_rollups.used + EXCLUDED.used <= $5 "
+        "RETURNING used",
+        company_id,
+        month,
+        event_type.value,
+        quantity,
+        cap,
+    )
+    return int(row["used"]) if row else None
+
+
+async def used_in_month(company_id: uuid.UUID, month: date, event_type: EventType) -> int:
+    row = await sql.fetchrow(
+        "SELECT used FROM usage_rollups WHERE company_id = $1 AND month = $2 AND event_type = $3",
+        company_id,
+        month,
+        event_type.value,
+    )
+    return int(row["used"]) if row else 0
+
+
+async def rollups(
+    company_id: uuid.UUID, first_month: date, last_month: date
+) -> dict[tuple[date, EventType], int]:
+    """Usage per (month, event type) for months in [first_month, last_month]."""
+    rows = await sql.fetch(
+        "SELECT month, event_type, used FROM usage_rollups "
+        "WHERE company_id = $1 AND month BETWEEN $2 AND $3",
+        company_id,
+        first_month,
+        last_month,
+    )
+    return {(r["month"], EventType(r["event_type"])): int(r["used"]) for r in rows}
+
+
+async def first_month(company_id: uuid.UUID) -> date | None:
+    row = await sql.fetchrow(
+        "SELECT min(month) AS month FROM usage_rollups WHERE company_id = $1", company_id
+    )
+    return row["month"] if row else None
+
+
+async def list_events(
+    company_id: uuid.UUID,
+    *,
+    limit: int,
+    after: tuple[datetime, uuid.UUID] | None,
+    event_type: EventType | None,
+    month: date | None,
+) -> list[StoredEvent]:
+    """Newest first by (occurred_at, id): a keyset page, stable while events are added."""
+    conditions = ["company_id = $1"]
+    args: list[Any] = [company_id]
+    if event_type is not None:
+        args.append(event_type.value)
+        conditions.append(f"event_type = ${len(args)}")
+    if month is not None:
+        args.append(month)
+        conditions.append(f"month = ${len(args)}")
+    if after is not None:
+        args.extend(after)
+        conditions.append(f"(occurred_at, id) < (${len(args) - 1}, ${len(args)})")
+    args.append(limit)
+    rows = await sql.fetch(
+        f"SELECT {_EVENT_COLUMNS} FROM usage_events WHERE {' AND '.join(conditions)} "
+        f"ORDER BY occurred_at DESC, id DESC LIMIT ${len(args)}",
+        *args,
+    )
+    return [_event(r) for r in rows]

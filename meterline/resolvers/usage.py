@@ -1,0 +1,89 @@
+"""Thin resolvers: the caller's company and arguments in, service calls, GraphQL types out."""
+
+from __future__ import annotations
+
+import strawberry
+
+from meterline.billing.catalog import EventType
+from meterline.billing.periods import month_of
+from meterline.permissions import Permission
+from meterline.schema.context import Context
+from meterline.schema.types import (
+    MeterUsage,
+    MonthlySummary,
+    RecordUsageInput,
+    RecordUsageResult,
+    UsageEventConnection,
+    UsageEventType,
+    UsageLimits,
+    decode_cursor,
+    month_argument,
+    record_result,
+)
+from meterline.services import usage
+from meterline.services.errors import BadUserInput
+
+MAX_PAGE_SIZE = 100
+
+Info = strawberry.Info[Context, None]
+
+
+async def current_usage(info: Info) -> list[MeterUsage]:
+    ctx = info.context
+    company = await ctx.company(Permission.READ_USAGE)
+    return [MeterUsage.of(m) for m in await usage.current_usage(company, ctx.now())]
+
+
+async def usage_limits(info: Info) -> UsageLimits:
+    ctx = info.context
+    company = await ctx.company(Permission.READ_USAGE)
+    return UsageLimits.of(await usage.usage_limits(company, ctx.now()))
+
+
+async def monthly_summary(info: Info, month: str | None = None) -> MonthlySummary | None:
+    ctx = info.context
+    company = await ctx.company(Permission.READ_USAGE)
+    chosen = month_argument(month) if month is not None else month_of(ctx.now())
+    summary = await usage.monthly_summary(company, chosen, ctx.now())
+    return MonthlySummary.of(summary) if summary else None
+
+
+async def usage_history(info: Info, months: int | None = 12) -> list[MonthlySummary]:
+    ctx = info.context
+    company = await ctx.company(Permission.READ_USAGE)
+    history = await usage.usage_history(company, 12 if months is None else months, ctx.now())
+    return [MonthlySummary.of(s) for s in history]
+
+
+async def usage_events(
+    info: Info,
+    first: int | None = 50,
+    after: str | None = None,
+    event_type: UsageEventType | None = None,
+    month: str | None = None,
+) -> UsageEventConnection:
+    ctx = info.context
+    company = await ctx.company(Permission.READ_USAGE)
+    first = 50 if first is None else first
+    if not 1 <= first <= MAX_PAGE_SIZE:
+        raise BadUserInput(f"first must be between 1 and {MAX_PAGE_SIZE}")
+    page = await usage.list_events(
+        company,
+        first=first,
+        after=decode_cursor(after) if after is not None else None,
+        event_type=EventType(event_type) if event_type is not None else None,
+        month=month_argument(month) if month is not None else None,
+    )
+    return UsageEventConnection.of(page)
+
+
+async def record_usage(info: Info, input: RecordUsageInput) -> RecordUsageResult:
+    ctx = info.context
+    company_id = ctx.authorize(Permission.RECORD_USAGE)
+    outcome = await usage.record_usage(
+        company_id,
+        input.to_request(),
+        now=ctx.now(),
+        late_grace_hours=ctx.settings.late_usage_grace_hours,
+    )
+    return record_result(outcome)

@@ -1,0 +1,44 @@
+"""The per-request GraphQL context: who is asking, and the app's clock and settings."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+
+from strawberry.litestar import BaseContext
+
+from meterline.auth import Principal
+from meterline.config import Settings
+from meterline.db import companies
+from meterline.db.companies import Company
+from meterline.permissions import Permission, allows
+from meterline.services.errors import Forbidden
+
+
+class Context(BaseContext, kw_only=True):
+    principal: Principal
+    settings: Settings
+    clock: Callable[[], datetime]
+    request_id: str
+    # Sibling fields resolve concurrently: they share one lookup of the company.
+    company_task: asyncio.Task[Company] | None = None
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    def authorize(self, permission: Permission) -> uuid.UUID:
+        """The caller's company, if its role grants `permission`; FORBIDDEN otherwise."""
+        company_id = self.principal.company_id
+        if company_id is None:
+            raise Forbidden("This token names no company.")
+        if not allows(self.principal.role, permission):
+            raise Forbidden(f"Role {self.principal.role!r} may not do this.")
+        return company_id
+
+    async def company(self, permission: Permission) -> Company:
+        company_id = self.authorize(permission)
+        if self.company_task is None:
+            self.company_task = asyncio.ensure_future(companies.get_or_create(company_id))
+        return await asyncio.shield(self.company_task)

@@ -1,0 +1,254 @@
+"""Strawberry types: DESIGN's SDL, built from the domain objects."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from datetime import date, datetime
+from decimal import Decimal
+from enum import Enum
+from typing import Annotated
+
+import strawberry
+from strawberry.scalars import JSON
+
+from meterline.billing.catalog import CURRENCY, EventType, Tier
+from meterline.billing.dunning import BillingStatus as DomainBillingStatus
+from meterline.billing.periods import parse_month
+from meterline.billing.pricing import MeterStatement
+from meterline.db.usage import StoredEvent
+from meterline.services import usage as usage_service
+from meterline.services.errors import BadUserInput
+
+UsageEventType = strawberry.enum(EventType, name="UsageEventType")
+SubscriptionTier = strawberry.enum(Tier, name="SubscriptionTier")
+BillingStatus = strawberry.enum(DomainBillingStatus, name="BillingStatus")
+
+
+@strawberry.enum
+class SyncState(str, Enum):
+    LOCAL_ONLY = "local_only"
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+
+def money_amount(amount: Decimal) -> Decimal:
+    """At least two decimals ("0.35", "12.30"); more only when the amount has them."""
+    cents = amount.quantize(Decimal("0.01"))
+    return cents if cents == amount else amount.normalize()
+
+
+@strawberry.type
+class Money:
+    amount: Decimal
+    currency: str
+
+    @classmethod
+    def of(cls, amount: Decimal) -> Money:
+        return cls(amount=money_amount(amount), currency=CURRENCY)
+
+
+@strawberry.type
+class MeterUsage:
+    event_type: UsageEventType
+    used: int
+    included: int | None
+    remaining: int | None
+    percent_used: float | None
+    exceeded: bool
+    overage_quantity: int
+    unit_price: Money
+    overage_cost: Money
+
+    @classmethod
+    def of(cls, s: MeterStatement) -> MeterUsage:
+        return cls(
+            event_type=s.event_type,
+            used=s.used,
+            included=s.included,
+            remaining=s.remaining,
+            percent_used=s.percent_used,
+            exceeded=s.exceeded,
+            overage_quantity=s.overage_quantity,
+            unit_price=Money.of(s.unit_price),
+            overage_cost=Money.of(s.overage_cost),
+        )
+
+
+@strawberry.type
+class UsageLimits:
+    tier: SubscriptionTier
+    scheduled_tier: SubscriptionTier | None
+    exceeded: bool
+    billing_status: BillingStatus
+    grace_ends_at: datetime | None
+    grace_period_days: int
+    meters: list[MeterUsage]
+
+    @classmethod
+    def of(cls, limits: usage_service.Limits) -> UsageLimits:
+        return cls(
+            tier=limits.tier,
+            scheduled_tier=limits.scheduled_tier,
+            exceeded=limits.exceeded,
+            billing_status=limits.billing_status,
+            grace_ends_at=limits.grace_ends_at,
+            grace_period_days=limits.grace_period_days,
+            meters=[MeterUsage.of(m) for m in limits.meters],
+        )
+
+
+@strawberry.type
+class MonthlySummary:
+    month: date
+    meters: list[MeterUsage]
+    total_overage_cost: Money
+
+    @classmethod
+    def of(cls, summary: usage_service.MonthSummary) -> MonthlySummary:
+        return cls(
+            month=summary.month,
+            meters=[MeterUsage.of(m) for m in summary.meters],
+            total_overage_cost=Money.of(summary.total_overage_cost),
+        )
+
+
+@strawberry.type
+class UsageEvent:
+    id: strawberry.ID
+    event_type: UsageEventType
+    quantity: int
+    occurred_at: datetime
+    idempotency_key: str | None
+    metadata: JSON | None
+    sync_state: SyncState
+
+    @classmethod
+    def of(cls, event: StoredEvent) -> UsageEvent:
+        return cls(
+            id=strawberry.ID(str(event.id)),
+            event_type=event.event_type,
+            quantity=event.quantity,
+            occurred_at=event.occurred_at,
+            idempotency_key=event.idempotency_key,
+            metadata=event.metadata,
+            sync_state=SyncState(event.sync_state),
+        )
+
+
+@strawberry.type
+class UsageEventEdge:
+    cursor: str
+    node: UsageEvent
+
+
+@strawberry.type
+class PageInfo:
+    has_next_page: bool
+    end_cursor: str | None
+
+
+@strawberry.type
+class UsageEventConnection:
+    edges: list[UsageEventEdge]
+    page_info: PageInfo
+
+    @classmethod
+    def of(cls, page: usage_service.EventPage) -> UsageEventConnection:
+        edges = [UsageEventEdge(cursor=encode_cursor(e), node=UsageEvent.of(e)) for e in page.events]
+        return cls(
+            edges=edges,
+            page_info=PageInfo(
+                has_next_page=page.has_next_page, end_cursor=edges[-1].cursor if edges else None
+            ),
+        )
+
+
+def encode_cursor(event: StoredEvent) -> str:
+    raw = f"{event.occurred_at.isoformat()}|{event.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        occurred_at, event_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        moment = datetime.fromisoformat(occurred_at)
+        if moment.tzinfo is None:
+            raise ValueError
+        return moment, uuid.UUID(event_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise BadUserInput("after is not a cursor this API gave out") from exc
+
+
+def month_argument(text: str) -> date:
+    try:
+        return parse_month(text)
+    except ValueError as exc:
+        raise BadUserInput(f"month must be YYYY-MM, e.g. 2026-11; got {text!r}") from exc
+
+
+@strawberry.input
+class RecordUsageInput:
+    event_type: UsageEventType
+    quantity: int = 1
+    idempotency_key: str | None = None
+    occurred_at: datetime | None = None
+    metadata: JSON | None = None
+
+    def to_request(self) -> usage_service.RecordRequest:
+        return usage_service.RecordRequest(
+            event_type=EventType(self.event_type),
+            quantity=self.quantity,
+            idempotency_key=self.idempotency_key,
+            occurred_at=self.occurred_at,
+            metadata=self.metadata,
+        )
+
+
+@strawberry.type
+class UsageRecorded:
+    event: UsageEvent
+    usage: MeterUsage
+    duplicate: bool
+
+
+@strawberry.type
+class UsageLimitExceeded:
+    event_type: UsageEventType
+    included: int
+    used: int
+    requested: int
+    message: str
+
+
+@strawberry.type
+class PaymentRequired:
+    grace_ended_at: datetime
+    message: str
+
+
+RecordUsageResult = Annotated[
+    UsageRecorded | UsageLimitExceeded | PaymentRequired, strawberry.union("RecordUsageResult")
+]
+
+
+def record_result(outcome: usage_service.RecordOutcome) -> UsageRecorded | UsageLimitExceeded | PaymentRequired:
+    if isinstance(outcome, usage_service.Recorded):
+        return UsageRecorded(
+            event=UsageEvent.of(outcome.event),
+            usage=MeterUsage.of(outcome.usage),
+            duplicate=outcome.duplicate,
+        )
+    if isinstance(outcome, usage_service.LimitExceeded):
+        return UsageLimitExceeded(
+            event_type=outcome.event_type,
+            included=outcome.included,
+            used=outcome.used,
+            requested=outcome.requested,
+            message=outcome.message,
+        )
+    return PaymentRequired(grace_ended_at=outcome.grace_ended_at, message=outcome.message)
