@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class Permission(str, Enum):
+class Permission(StrEnum):
     READ_USAGE = "read_usage"
     RECORD_USAGE = "record_usage"
     READ_BILLING = "read_billing"

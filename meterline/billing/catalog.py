@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from enum import Enum
+from enum import StrEnum
 
 CURRENCY = "usd"
 
 
-class EventType(str, Enum):
+class EventType(StrEnum):
     GUEST_INVITATION = "guest_invitation"
     SMS_SENT = "sms_sent"
     AI_QUERY = "ai_query"
@@ -22,7 +22,7 @@ class EventType(str, Enum):
     EMAIL_SENT = "email_sent"
 
 
-class Tier(str, Enum):
+class Tier(StrEnum):
     FREE = "free"
     STARTER = "starter"
     PROFESSIONAL = "professional"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import Enum
+from enum import StrEnum
 
 
-class BillingStatus(str, Enum):
+class BillingStatus(StrEnum):
     OK = "ok"
     PAST_DUE = "past_due"
     RESTRICTED = "restricted"

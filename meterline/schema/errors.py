@@ -25,9 +25,9 @@ def _code(error: GraphQLError) -> str:
     original = error.original_error
     if isinstance(original, MeterlineError):
         return original.code
-    if original is None and error.message.startswith("Variable "):
+    if error.message.startswith("Variable "):  # a variable that does not fit its type
         return "BAD_USER_INPUT"
-    if original is None:
+    if original is None or isinstance(original, GraphQLError):
         return "GRAPHQL_VALIDATION_FAILED"
     return INTERNAL
 

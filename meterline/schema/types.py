@@ -7,7 +7,7 @@ import binascii
 import uuid
 from datetime import date, datetime
 from decimal import Decimal
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated
 
 import strawberry
@@ -27,7 +27,7 @@ BillingStatus = strawberry.enum(DomainBillingStatus, name="BillingStatus")
 
 
 @strawberry.enum
-class SyncState(str, Enum):
+class SyncState(StrEnum):
     LOCAL_ONLY = "local_only"
     PENDING = "pending"
     SENDING = "sending"

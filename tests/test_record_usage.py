@@ -1,0 +1,372 @@
+"""recordUsage end to end: semantics, idempotency, hard cap, concurrency, time windows."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from meterline.billing.dunning import Dunning
+from meterline.db import companies, sql
+from meterline.billing.catalog import Tier
+from tests.conftest import Api, rollup_matches_events
+
+RECORD = """mutation($input: RecordUsageInput!) { recordUsage(input: $input) {
+  __typename
+  ... on UsageRecorded {
+    duplicate
+    event { id eventType quantity occurredAt idempotencyKey metadata syncState }
+    usage { eventType used included remaining exceeded overageQuantity
+            overageCost { amount currency } unitPrice { amount } percentUsed }
+  }
+  ... on UsageLimitExceeded { eventType included used requested message }
+  ... on PaymentRequired { graceEndedAt message }
+} }"""
+
+CURRENT = "{ currentUsage { eventType used } }"
+
+
+async def record(api: Api, role: str = "company_admin", **fields: Any) -> dict[str, Any]:
+    body = await api.gql(RECORD, {"input": {"eventType": "GUEST_INVITATION", **fields}}, role=role)
+    return body
+
+
+async def recorded(api: Api, **fields: Any) -> dict[str, Any]:
+    body = await record(api, **fields)
+    assert "errors" not in body, body
+    result: dict[str, Any] = body["data"]["recordUsage"]
+    return result
+
+
+def error_code(body: dict[str, Any]) -> str:
+    assert body.get("errors"), body
+    code: str = body["errors"][0]["extensions"]["code"]
+    return code
+
+
+async def used(api: Api, event_type: str = "GUEST_INVITATION") -> int:
+    data = await api.data(CURRENT)
+    return next(m["used"] for m in data["currentUsage"] if m["eventType"] == event_type)
+
+
+# --- the happy path -----------------------------------------------------------------------
+
+
+async def test_record_returns_event_and_priced_usage(api: Api) -> None:
+    await companies.get_or_create(api.company_id)
+    await companies.set_tier(api.company_id, Tier.STARTER)
+    result = await recorded(
+        api, eventType="SMS_SENT", quantity=1003, idempotencyKey="k1", metadata={"wedding": "w-1"}
+    )
+    assert result["__typename"] == "UsageRecorded"
+    assert result["duplicate"] is False
+    event = result["event"]
+    assert event["eventType"] == "SMS_SENT"
+    assert event["quantity"] == 1003
+    assert event["idempotencyKey"] == "k1"
+    assert event["metadata"] == {"wedding": "w-1"}
+    assert event["syncState"] == "LOCAL_ONLY"  # no Stripe customer yet
+    # starter includes 1000 SMS; 3 over at 0.05 = 0.15
+    assert result["usage"] == {
+        "eventType": "SMS_SENT",
+        "used": 1003,
+        "included": 1000,
+        "remaining": 0,
+        "exceeded": True,
+        "overageQuantity": 3,
+        "overageCost": {"amount": "0.15", "currency": "usd"},
+        "unitPrice": {"amount": "0.05"},
+        "percentUsed": 100.3,
+    }
+    assert await rollup_matches_events(api.company_id)
+
+
+async def test_first_request_creates_the_company_on_free(api: Api) -> None:
+    assert await companies.get(api.company_id) is None
+    await recorded(api, quantity=2)
+    company = await companies.get(api.company_id)
+    assert company is not None and company.tier is Tier.FREE
+
+
+async def test_company_with_stripe_customer_records_pending(api: Api) -> None:
+    await companies.get_or_create(api.company_id)
+    await companies.set_stripe_ids(api.company_id, customer_id=f"cus_{api.company_id.hex[:10]}",
+                                   subscription_id=None)
+    result = await recorded(api)
+    assert result["event"]["syncState"] == "PENDING"
+
+
+async def test_service_token_records(api: Api) -> None:
+    result = await recorded(api, quantity=4)
+    assert result["usage"]["used"] == 4
+    body = await record(api, role="service", quantity=1)
+    assert body["data"]["recordUsage"]["usage"]["used"] == 5
+
+
+# --- validation ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"quantity": 0},
+        {"quantity": -1},
+        {"quantity": 100_001},
+        {"metadata": ["not", "an", "object"]},
+        {"metadata": "text"},
+        {"metadata": {"blob": "x" * 4100}},
+        {"idempotencyKey": ""},
+        {"idempotencyKey": "k" * 256},
+        {"occurredAt": "2026-11-10T10:00:00"},  # no offset: its zone would be a guess
+    ],
+)
+async def test_bad_input_is_refused_and_nothing_written(api: Api, fields: dict[str, Any]) -> None:
+    api.clock.set(datetime(2026, 11, 20, 12, 0, tzinfo=UTC))
+    body = await record(api, **fields)
+    assert error_code(body) == "BAD_USER_INPUT"
+    assert body["data"] is None
+    assert await used(api) == 0
+    assert await rollup_matches_events(api.company_id)
+
+
+async def test_quantity_bounds_are_inclusive(api: Api) -> None:
+    await companies.get_or_create(api.company_id)
+    await companies.set_tier(api.company_id, Tier.ENTERPRISE)
+    assert (await recorded(api, quantity=1))["usage"]["used"] == 1
+    assert (await recorded(api, quantity=100_000))["usage"]["used"] == 100_001
+
+
+async def test_metadata_of_exactly_4_kb_is_accepted(api: Api) -> None:
+    # {"b":"..."} is 8 bytes of syntax around the value
+    result = await recorded(api, metadata={"b": "x" * (4096 - 8)})
+    assert len(result["event"]["metadata"]["b"]) == 4088
+
+
+async def test_unknown_event_type_is_a_user_error(api: Api) -> None:
+    body = await api.gql(RECORD, {"input": {"eventType": "FAX_SENT"}})
+    assert error_code(body) == "BAD_USER_INPUT"
+
+
+# --- time -----------------------------------------------------------------------------------
+
+
+async def test_occurred_at_in_the_future_is_refused_beyond_clock_skew(api: Api) -> None:
+    now = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+    api.clock.set(now)
+    body = await record(api, occurredAt=(now + timedelta(minutes=1)).isoformat())
+    assert error_code(body) == "BAD_USER_INPUT"
+    # a few seconds ahead is a skewed clock: floored to now
+    result = await recorded(api, occurredAt=(now + timedelta(seconds=3)).isoformat())
+    assert datetime.fromisoformat(result["event"]["occurredAt"]) == now
+
+
+async def test_event_on_the_last_tenth_of_a_second_counts_in_its_month(api: Api) -> None:
+    api.clock.set(datetime(2026, 12, 1, 0, 30, tzinfo=UTC))  # inside the grace hour
+    await recorded(api, occurredAt="2026-11-30T23:59:59.9Z", quantity=7)
+    await recorded(api, occurredAt="2026-12-01T00:00:00Z", quantity=2)
+    q = '{ a: monthlySummary(month: "2026-11") { meters { eventType used } } ' \
+        'b: monthlySummary(month: "2026-12") { meters { eventType used } } }'
+    data = await api.data(q)
+    nov = {m["eventType"]: m["used"] for m in data["a"]["meters"]}
+    dec = {m["eventType"]: m["used"] for m in data["b"]["meters"]}
+    assert nov["GUEST_INVITATION"] == 7
+    assert dec["GUEST_INVITATION"] == 2
+
+
+async def test_offset_is_converted_to_utc_before_choosing_the_month(api: Api) -> None:
+    api.clock.set(datetime(2026, 12, 1, 0, 20, tzinfo=UTC))
+    # 00:10 on Dec 1 at +02:00 is 22:10 on Nov 30 UTC
+    await recorded(api, occurredAt="2026-12-01T00:10:00+02:00", quantity=5)
+    data = await api.data('{ monthlySummary(month: "2026-11") { meters { eventType used } } }')
+    assert {m["eventType"]: m["used"] for m in data["monthlySummary"]["meters"]}[
+        "GUEST_INVITATION"
+    ] == 5
+
+
+async def test_session_time_zone_changes_nothing(api: Api, database_url: str) -> None:
+    """The month comes from billing/, never from the database session's zone."""
+    import asyncpg
+
+    api.clock.set(datetime(2026, 12, 1, 0, 20, tzinfo=UTC))
+    await recorded(api, occurredAt="2026-11-30T23:30:00Z", quantity=3)
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute("SET TIME ZONE 'Pacific/Kiritimati'")  # UTC+14
+        month = await connection.fetchval(
+            "SELECT month FROM usage_events WHERE company_id = $1", api.company_id
+        )
+    finally:
+        await connection.close()
+    assert month.isoformat() == "2026-11-01"
+
+
+async def test_late_usage_grace_window(api: Api) -> None:
+    """Last month's events are accepted during the first grace hour of a month, then refused."""
+    api.clock.set(datetime(2026, 12, 1, 0, 59, 59, tzinfo=UTC))
+    await recorded(api, occurredAt="2026-11-15T10:00:00Z")
+    api.clock.set(datetime(2026, 12, 1, 1, 0, 0, tzinfo=UTC))
+    body = await record(api, occurredAt="2026-11-30T23:59:59Z")
+    assert error_code(body) == "BAD_USER_INPUT"
+    assert "closed period" in body["errors"][0]["message"]
+    # two months back is always closed, even inside the grace hour
+    api.clock.set(datetime(2026, 12, 1, 0, 10, tzinfo=UTC))
+    body = await record(api, occurredAt="2026-10-31T23:59:59Z")
+    assert error_code(body) == "BAD_USER_INPUT"
+    # and the current month is always open
+    result = await recorded(api, occurredAt="2026-12-01T00:00:00Z")
+    assert result["__typename"] == "UsageRecorded"
+
+
+async def test_late_usage_grace_across_the_new_year(api: Api) -> None:
+    api.clock.set(datetime(2027, 1, 1, 0, 5, tzinfo=UTC))
+    await recorded(api, occurredAt="2026-12-31T23:59:59.999Z", quantity=4)
+    data = await api.data('{ monthlySummary(month: "2026-12") { month meters { used } } }')
+    assert data["monthlySummary"]["month"] == "2026-12-01"
+    assert data["monthlySummary"]["meters"][0]["used"] == 4
+
+
+# --- idempotency ----------------------------------------------------------------------------
+
+
+async def test_same_key_same_payload_is_a_duplicate(api: Api) -> None:
+    first = await recorded(api, quantity=3, idempotencyKey="send-1", metadata={"a": 1, "b": 2})
+    again = await recorded(api, quantity=3, idempotencyKey="send-1", metadata={"b": 2, "a": 1})
+    assert again["duplicate"] is True
+    assert again["event"] == first["event"]
+    assert again["usage"]["used"] == 3
+    assert await used(api) == 3
+    assert await rollup_matches_events(api.company_id)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"quantity": 4},
+        {"eventType": "EMAIL_SENT"},
+        {"metadata": {"a": 2}},
+        {"metadata": None},
+        {"occurredAt": "2026-11-20T11:00:00Z"},
+    ],
+)
+async def test_same_key_different_payload_is_refused(api: Api, change: dict[str, Any]) -> None:
+    api.clock.set(datetime(2026, 11, 20, 12, 0, tzinfo=UTC))
+    base = {"quantity": 3, "idempotencyKey": "send-1", "metadata": {"a": 1},
+            "occurredAt": "2026-11-20T10:00:00Z"}
+    await recorded(api, **base)
+    body = await record(api, **{**base, **change})
+    assert error_code(body) == "IDEMPOTENCY_KEY_REUSED"
+    assert await used(api) == 3
+    assert await used(api, "EMAIL_SENT") == 0
+
+
+async def test_occurred_at_is_compared_only_when_given(api: Api) -> None:
+    api.clock.set(datetime(2026, 11, 20, 12, 0, tzinfo=UTC))
+    await recorded(api, quantity=2, idempotencyKey="k", occurredAt="2026-11-20T10:00:00Z")
+    again = await recorded(api, quantity=2, idempotencyKey="k")  # retry without occurredAt
+    assert again["duplicate"] is True
+    # Defaulted occurredAt (now) on the first call: a retry later without it is still the same
+    api.clock.set(datetime(2026, 11, 20, 12, 5, tzinfo=UTC))
+    await recorded(api, quantity=1, idempotencyKey="k2")
+    api.clock.set(datetime(2026, 11, 20, 12, 9, tzinfo=UTC))
+    assert (await recorded(api, quantity=1, idempotencyKey="k2"))["duplicate"] is True
+
+
+async def test_refused_event_does_not_burn_its_key(api: Api) -> None:
+    """A hard-cap refusal writes nothing, so the same key can record after an upgrade."""
+    body = await record(api, eventType="SMS_SENT", quantity=1, idempotencyKey="sms-1")
+    assert body["data"]["recordUsage"]["__typename"] == "UsageLimitExceeded"
+    await companies.set_tier(api.company_id, Tier.STARTER)
+    result = await recorded(api, eventType="SMS_SENT", quantity=1, idempotencyKey="sms-1")
+    assert result["duplicate"] is False
+
+
+async def test_twenty_concurrent_calls_with_one_key_record_one_event(api: Api) -> None:
+    await companies.get_or_create(api.company_id)
+    results = await asyncio.gather(
+        *[recorded(api, quantity=5, idempotencyKey="burst") for _ in range(20)]
+    )
+    assert sum(1 for r in results if r["duplicate"] is False) == 1
+    assert sum(1 for r in results if r["duplicate"] is True) == 19
+    assert len({r["event"]["id"] for r in results}) == 1
+    assert await used(api) == 5
+    count = await sql.fetch(
+        "SELECT count(*) AS n FROM usage_events WHERE company_id = $1", api.company_id
+    )
+    assert count[0]["n"] == 1
+    assert await rollup_matches_events(api.company_id)
+
+
+# --- hard cap and dunning -------------------------------------------------------------------
+
+
+async def test_free_tier_cap_boundary(api: Api) -> None:
+    assert (await recorded(api, quantity=49))["usage"]["remaining"] == 1
+    at_limit = await recorded(api, quantity=1)
+    assert at_limit["usage"] == {**at_limit["usage"], "used": 50, "remaining": 0, "exceeded": False}
+    refused = await recorded(api, quantity=1)
+    assert refused == {
+        "__typename": "UsageLimitExceeded",
+        "eventType": "GUEST_INVITATION",
+        "included": 50,
+        "used": 50,
+        "requested": 1,
+        "message": refused["message"],
+    }
+    assert "50" in refused["message"]
+    assert await used(api) == 50
+
+
+async def test_free_tier_refuses_what_it_does_not_include(api: Api) -> None:
+    refused = await recorded(api, eventType="AI_QUERY", quantity=1)
+    assert refused["__typename"] == "UsageLimitExceeded"
+    assert (refused["included"], refused["used"], refused["requested"]) == (0, 0, 1)
+    assert await used(api, "AI_QUERY") == 0
+
+
+async def test_a_request_larger_than_the_room_left_is_refused_whole(api: Api) -> None:
+    await recorded(api, quantity=45)
+    refused = await recorded(api, quantity=6)
+    assert refused["__typename"] == "UsageLimitExceeded"
+    assert (refused["used"], refused["requested"]) == (45, 6)
+    assert (await recorded(api, quantity=5))["usage"]["used"] == 50
+
+
+async def test_paid_tiers_are_never_blocked_for_volume(api: Api) -> None:
+    await companies.get_or_create(api.company_id)
+    await companies.set_tier(api.company_id, Tier.STARTER)
+    result = await recorded(api, quantity=100_000)
+    assert result["usage"]["overageQuantity"] == 100_000 - 500
+    assert result["usage"]["overageCost"]["amount"] == "9950.00"
+
+
+async def test_fifty_concurrent_calls_with_room_for_ten(api: Api) -> None:
+    await recorded(api, quantity=40)
+    results = await asyncio.gather(*[recorded(api, quantity=1) for _ in range(50)])
+    kinds = [r["__typename"] for r in results]
+    assert kinds.count("UsageRecorded") == 10
+    assert kinds.count("UsageLimitExceeded") == 40
+    assert await used(api) == 50
+    assert await rollup_matches_events(api.company_id)
+
+
+async def test_restricted_company_gets_payment_required_and_can_still_read(api: Api) -> None:
+    now = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+    api.clock.set(now)
+    await companies.get_or_create(api.company_id)
+    await companies.set_tier(api.company_id, Tier.STARTER)
+    failure = now - timedelta(days=15)
+    grace_end = failure + timedelta(days=14)
+    await companies.set_dunning(api.company_id, Dunning(failure, grace_end))
+    refused = await recorded(api, quantity=1)
+    assert refused["__typename"] == "PaymentRequired"
+    assert datetime.fromisoformat(refused["graceEndedAt"]) == grace_end
+    assert await used(api) == 0
+    limits = await api.data("{ usageLimits { billingStatus graceEndsAt } }")
+    assert limits["usageLimits"]["billingStatus"] == "RESTRICTED"
+    # still past due (inside the grace): recording works
+    api.clock.set(grace_end - timedelta(seconds=1))
+    assert (await recorded(api, quantity=1))["__typename"] == "UsageRecorded"
+    limits = await api.data("{ usageLimits { billingStatus } }")
+    assert limits["usageLimits"]["billingStatus"] == "PAST_DUE"
