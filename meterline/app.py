@@ -12,13 +12,23 @@ from typing import Any
 
 from litestar import Litestar, Request, Response, get
 from litestar.connection import ASGIConnection
-from litestar.exceptions import HTTPException, NotAuthorizedException, NotFoundException
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    NotFoundException,
+    ServiceUnavailableException,
+)
 from litestar.handlers.base import BaseRouteHandler
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.litestar import make_graphql_controller
 
-from meterline.auth import AuthenticationError, TokenVerifier, bearer_token
+from meterline.auth import (
+    AuthenticationError,
+    AuthenticationUnavailableError,
+    TokenVerifier,
+    bearer_token,
+)
 from meterline.config import Settings
 from meterline.db import engine
 from meterline.db.embedded import resolve_database_url
@@ -80,6 +90,8 @@ def create_app(
     async def graphql_context(request: Request[Any, Any, Any]) -> Context:
         try:
             principal = await verifier.verify(bearer_token(request.headers.get("authorization")))
+        except AuthenticationUnavailableError as exc:  # the JWKS could not be fetched: not the caller's fault
+            raise ServiceUnavailableException(detail=str(exc)) from exc
         except AuthenticationError as exc:
             raise unauthorized(str(exc)) from exc
         return Context(

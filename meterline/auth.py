@@ -1,0 +1,362 @@
+"""Bearer-token authentication: Clerk user tokens, service tokens, development tokens.
+
+Three kinds of token are accepted, each bound to exactly one key and one algorithm:
+
+* Clerk session tokens (users): RS256, verified with ``CLERK_JWT_KEY`` (PEM public key,
+  networkless; preferred when both are set) or the keys served at ``CLERK_JWKS_URL``.
+* Service tokens: HS256 signed with ``SERVICE_JWT_SECRET``; ``metadata.role`` is ``service``.
+* Development user tokens: HS256 signed with ``JWT_SECRET``; refused in production.
+
+The algorithm a token names in its header only selects which of our keys may check it; it is
+never trusted on its own: every ``jwt.decode`` call passes one fixed algorithm. An HS256 token
+is routed by its claimed role: ``service`` is checked with the service secret only, any other
+role with the development secret only, so the two kinds never turn into each other even when
+both secrets are equal. No database access happens here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from meterline.config import ConfigError, Settings
+
+__all__ = [
+    "AuthenticationError",
+    "AuthenticationUnavailableError",
+    "Principal",
+    "TokenVerifier",
+    "bearer_token",
+    "mint_development_token",
+    "mint_service_token",
+]
+
+logger = logging.getLogger(__name__)
+
+SERVICE_ROLE: Final = "service"
+JWKS_LIFESPAN_SECONDS: Final = 300
+JWKS_TIMEOUT_SECONDS: Final = 10
+# Clerk session tokens are well under 4 KB; anything far larger is refused before parsing.
+MAX_TOKEN_LENGTH: Final = 16_384
+_REQUIRED_CLAIMS: Final = ["exp", "sub"]
+
+
+@dataclass(frozen=True)
+class Principal:
+    user_id: str  # `sub`
+    company_id: uuid.UUID | None  # metadata.company_id; None when absent
+    role: str | None  # metadata.role ("service" for service tokens)
+    kind: Literal["user", "service"]
+
+
+class AuthenticationError(Exception):
+    """Token missing or invalid -> HTTP 401. str(exc) is a short reason safe to show the client."""
+
+
+class AuthenticationUnavailableError(AuthenticationError):
+    """The signing keys could not be fetched (JWKS endpoint down): a server-side problem.
+
+    Still an AuthenticationError (the request is not authenticated); the HTTP layer may answer
+    503 instead of 401 for it.
+    """
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer <jwt>`` header (scheme case-insensitive)."""
+    if authorization is None or not authorization.strip():
+        raise AuthenticationError("missing bearer token")
+    parts = authorization.split()
+    if len(parts) != 2 or parts[0].lower() != "bearer":
+        raise AuthenticationError("malformed authorization header")
+    return parts[1]
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def _reason(exc: jwt.PyJWTError) -> str:
+    """A short, client-safe reason for a PyJWT failure."""
+    if isinstance(exc, jwt.ExpiredSignatureError):
+        return "token expired"
+    if isinstance(exc, jwt.ImmatureSignatureError):
+        return "token not yet valid"
+    if isinstance(exc, jwt.InvalidSignatureError):
+        return "invalid signature"
+    if isinstance(exc, jwt.InvalidIssuerError):
+        return "invalid issuer"
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"missing claim: {exc.claim}"
+    if isinstance(exc, jwt.DecodeError):
+        return "malformed token"
+    return "invalid token"
+
+
+def _unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Header and claims, NOT verified: only used to pick which key checks the token."""
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise AuthenticationError("token too large")
+    try:
+        header = jwt.get_unverified_header(token)
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError as exc:
+        raise AuthenticationError("malformed token") from exc
+    if not isinstance(claims, dict):
+        raise AuthenticationError("malformed token")
+    return header, claims
+
+
+def _metadata(claims: Mapping[str, Any]) -> Mapping[str, Any]:
+    metadata = claims.get("metadata")
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise AuthenticationError("invalid metadata claim")
+    return metadata
+
+
+def _role(claims: Mapping[str, Any]) -> str | None:
+    role = _metadata(claims).get("role")
+    if role is not None and not isinstance(role, str):
+        raise AuthenticationError("invalid role claim")
+    return role
+
+
+def _principal(claims: Mapping[str, Any], kind: Literal["user", "service"]) -> Principal:
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub:
+        raise AuthenticationError("missing claim: sub")
+    raw_company = _metadata(claims).get("company_id")
+    company_id: uuid.UUID | None = None
+    if raw_company is not None:
+        if not isinstance(raw_company, str):
+            raise AuthenticationError("invalid company_id claim")
+        try:
+            company_id = uuid.UUID(raw_company)
+        except ValueError as exc:
+            raise AuthenticationError("invalid company_id claim") from exc
+    return Principal(user_id=sub, company_id=company_id, role=_role(claims), kind=kind)
+
+
+def _load_clerk_pem(pem: str) -> RSAPublicKey:
+    # Environment variables often carry the PEM with literal "\n" sequences.
+    text = pem.replace("\\n", "\n").strip()
+    try:
+        key = load_pem_public_key(text.encode())
+    except ValueError as exc:
+        raise ConfigError("CLERK_JWT_KEY is not a PEM public key") from exc
+    if not isinstance(key, RSAPublicKey):
+        raise ConfigError("CLERK_JWT_KEY must be an RSA public key (Clerk signs with RS256)")
+    return key
+
+
+class TokenVerifier:
+    """Verifies bearer tokens into Principals. One instance per application."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._leeway = settings.jwt_leeway_seconds
+        self._clerk_key: RSAPublicKey | None = None
+        self._jwks: jwt.PyJWKClient | None = None
+        # kid -> (RSA key, monotonic expiry): lets cached keys be used on the event loop
+        # without a thread hop; any miss goes through PyJWKClient in a thread.
+        self._jwks_keys: dict[str, tuple[RSAPublicKey, float]] = {}
+        if settings.clerk_jwt_key:
+            self._clerk_key = _load_clerk_pem(settings.clerk_jwt_key)
+            if settings.clerk_jwks_url:
+                logger.info("CLERK_JWT_KEY is set: CLERK_JWKS_URL is not used")
+        elif settings.clerk_jwks_url:
+            self._jwks = jwt.PyJWKClient(
+                settings.clerk_jwks_url,
+                lifespan=JWKS_LIFESPAN_SECONDS,
+                timeout=JWKS_TIMEOUT_SECONDS,
+            )
+
+    async def warm(self) -> None:
+        """Fetch the JWKS ahead of the first request (off the event loop). Never raises."""
+        if self._jwks is None:
+            return
+        try:
+            await asyncio.to_thread(self._fetch_all_keys)
+        except Exception:
+            logger.exception("could not pre-fetch the Clerk JWKS from %s", self._jwks.uri)
+
+    async def verify(self, token: str) -> Principal:
+        header, claims = _unverified(token)
+        alg = header.get("alg")
+        if alg == "RS256":
+            return await self._verify_clerk(token, header)
+        if alg == "HS256":
+            if _role(claims) == SERVICE_ROLE:
+                return self._verify_service(token)
+            return self._verify_development(token)
+        raise AuthenticationError("unsupported token algorithm")
+
+    # -- Clerk (RS256) ------------------------------------------------------------------
+
+    async def _verify_clerk(self, token: str, header: Mapping[str, Any]) -> Principal:
+        key = self._clerk_key or await self._jwks_key(header.get("kid"))
+        s = self._settings
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=["RS256"],
+                issuer=s.clerk_issuer,
+                leeway=self._leeway,
+                options={"require": [*_REQUIRED_CLAIMS], "verify_aud": False},
+            )
+        except jwt.PyJWTError as exc:
+            raise AuthenticationError(_reason(exc)) from exc
+        azp = claims.get("azp")
+        if s.clerk_authorized_parties and azp is not None and azp not in s.clerk_authorized_parties:
+            raise AuthenticationError("unauthorized party")
+        if claims.get("sts") == "pending":
+            raise AuthenticationError("session pending")
+        principal = _principal(claims, "user")
+        if principal.role == SERVICE_ROLE:
+            raise AuthenticationError("user tokens may not claim the service role")
+        return principal
+
+    async def _jwks_key(self, kid: object) -> RSAPublicKey:
+        if self._jwks is None:
+            raise AuthenticationError("user tokens are not accepted")
+        if not isinstance(kid, str) or not kid:
+            raise AuthenticationError("token has no key id")
+        cached = self._jwks_keys.get(kid)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        try:
+            return await asyncio.to_thread(self._fetch_key, kid)
+        except jwt.PyJWKClientConnectionError as exc:
+            logger.error("Clerk JWKS unavailable: %s", exc)
+            raise AuthenticationUnavailableError("signing keys unavailable") from exc
+        except jwt.PyJWTError as exc:
+            raise AuthenticationError("unknown signing key") from exc
+
+    def _fetch_key(self, kid: str) -> RSAPublicKey:
+        """Blocking (may do network I/O): runs in a worker thread."""
+        assert self._jwks is not None
+        jwk = self._jwks.get_signing_key(kid)
+        return self._remember(kid, jwk)
+
+    def _fetch_all_keys(self) -> None:
+        """Blocking (network I/O): runs in a worker thread."""
+        assert self._jwks is not None
+        for jwk in self._jwks.get_signing_keys():
+            if jwk.key_id:
+                try:
+                    self._remember(jwk.key_id, jwk)
+                except jwt.PyJWTError:
+                    logger.warning("ignoring JWKS key %s: not an RS256 key", jwk.key_id)
+
+    def _remember(self, kid: str, jwk: jwt.PyJWK) -> RSAPublicKey:
+        key = jwk.key
+        if not isinstance(key, RSAPublicKey) or jwk.algorithm_name != "RS256":
+            raise jwt.PyJWKError("signing key is not an RS256 key")
+        self._jwks_keys[kid] = (key, time.monotonic() + JWKS_LIFESPAN_SECONDS)
+        return key
+
+    # -- HS256: service and development tokens ------------------------------------------
+
+    def _verify_hs256(self, token: str, secret: str) -> dict[str, Any]:
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                secret,
+                algorithms=["HS256"],
+                leeway=self._leeway,
+                options={"require": [*_REQUIRED_CLAIMS], "verify_aud": False},
+            )
+        except jwt.PyJWTError as exc:
+            raise AuthenticationError(_reason(exc)) from exc
+        return claims
+
+    def _verify_service(self, token: str) -> Principal:
+        secret = self._settings.service_jwt_secret
+        if not secret:
+            raise AuthenticationError("service tokens are not accepted")
+        principal = _principal(self._verify_hs256(token, secret), "service")
+        if principal.role != SERVICE_ROLE:  # routing guarantees it; checked on verified claims
+            raise AuthenticationError("service tokens must have the service role")
+        return principal
+
+    def _verify_development(self, token: str) -> Principal:
+        s = self._settings
+        if not s.is_development:
+            raise AuthenticationError("development tokens are not accepted in production")
+        if not s.jwt_secret:
+            raise AuthenticationError("development tokens are not accepted")
+        principal = _principal(self._verify_hs256(token, s.jwt_secret), "user")
+        if principal.role == SERVICE_ROLE:
+            raise AuthenticationError("development tokens may not claim the service role")
+        return principal
+
+
+# --------------------------------------------------------------------------------- minting
+
+
+def _mint(
+    secret: str, *, sub: str, company_id: uuid.UUID, role: str, ttl: datetime.timedelta
+) -> str:
+    if ttl <= datetime.timedelta(0):
+        raise ValueError("ttl must be positive")
+    now = datetime.datetime.now(datetime.UTC)
+    claims = {
+        "sub": sub,
+        "metadata": {"company_id": str(company_id), "role": role},
+        "iat": now,
+        "nbf": now,
+        "exp": now + ttl,
+    }
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def mint_development_token(
+    settings: Settings,
+    *,
+    company_id: uuid.UUID,
+    user_id: str = "dev_user",
+    role: str = "company_admin",
+    ttl: datetime.timedelta = datetime.timedelta(hours=12),
+) -> str:
+    """An HS256 user token signed with JWT_SECRET. Development only."""
+    if not settings.is_development:
+        raise ConfigError("development tokens cannot be minted in production")
+    if not settings.jwt_secret:
+        raise ConfigError("JWT_SECRET is not set")
+    if role == SERVICE_ROLE:
+        raise ValueError("use mint_service_token for the service role")
+    if not user_id:
+        raise ValueError("user_id must not be empty")
+    return _mint(settings.jwt_secret, sub=user_id, company_id=company_id, role=role, ttl=ttl)
+
+
+def mint_service_token(
+    settings: Settings,
+    *,
+    company_id: uuid.UUID,
+    service: str = "backend",
+    ttl: datetime.timedelta = datetime.timedelta(days=30),
+) -> str:
+    """An HS256 service token for one company, signed with SERVICE_JWT_SECRET."""
+    if not settings.service_jwt_secret:
+        raise ConfigError("SERVICE_JWT_SECRET is not set")
+    if not service:
+        raise ValueError("service must not be empty")
+    return _mint(
+        settings.service_jwt_secret,
+        sub=f"service:{service}",
+        company_id=company_id,
+        role=SERVICE_ROLE,
+        ttl=ttl,
+    )
