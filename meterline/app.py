@@ -12,6 +12,7 @@ from typing import Any
 
 from litestar import Litestar, Request, Response, get
 from litestar.connection import ASGIConnection
+from litestar.enums import ScopeType
 from litestar.exceptions import (
     HTTPException,
     NotAuthorizedException,
@@ -50,11 +51,13 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
     """Take the caller's X-Request-ID (if sane) or make one; log with it and send it back."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
         incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
-        request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
+        request_id = (
+            incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
+        )
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
 
@@ -90,7 +93,9 @@ def create_app(
     async def graphql_context(request: Request[Any, Any, Any]) -> Context:
         try:
             principal = await verifier.verify(bearer_token(request.headers.get("authorization")))
-        except AuthenticationUnavailableError as exc:  # the JWKS could not be fetched: not the caller's fault
+        except (
+            AuthenticationUnavailableError
+        ) as exc:  # the JWKS could not be fetched: not the caller's fault
             raise ServiceUnavailableException(detail=str(exc)) from exc
         except AuthenticationError as exc:
             raise unauthorized(str(exc)) from exc
@@ -136,8 +141,9 @@ def create_app(
     class MetricsController(PrometheusController):
         guards = [metrics_guard]
 
-    prometheus = PrometheusConfig(app_name="meterline", prefix="meterline", group_path=True,
-                                  exclude=["/metrics", "/healthz"])
+    prometheus = PrometheusConfig(
+        app_name="meterline", prefix="meterline", group_path=True, exclude=["/metrics", "/healthz"]
+    )
 
     @asynccontextmanager
     async def database(_: Litestar) -> AsyncIterator[None]:

@@ -25,6 +25,13 @@ def _settings() -> Settings:
         raise SystemExit(f"meterline: {exc}") from exc
 
 
+def _company_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError as exc:
+        raise SystemExit(f"meterline: {text!r} is not a company UUID") from exc
+
+
 def _dev_secret(settings: Settings, name: str) -> str:
     """A development secret kept under .meterline/, so tokens survive a restart of `make run`."""
     path = Path(settings.embedded_data_dir).parent / name
@@ -42,7 +49,8 @@ def with_dev_defaults(settings: Settings) -> Settings:
     return replace(
         settings,
         jwt_secret=settings.jwt_secret or _dev_secret(settings, "jwt_secret"),
-        service_jwt_secret=settings.service_jwt_secret or _dev_secret(settings, "service_jwt_secret"),
+        service_jwt_secret=settings.service_jwt_secret
+        or _dev_secret(settings, "service_jwt_secret"),
     )
 
 
@@ -123,7 +131,7 @@ def cmd_token(args: argparse.Namespace) -> None:
     from meterline.auth import AuthenticationError, mint_development_token, mint_service_token
 
     settings = with_dev_defaults(_settings())
-    company_id = uuid.UUID(args.company)
+    company_id = _company_id(args.company)
     try:
         if args.service:
             if settings.service_jwt_secret is None:
@@ -149,15 +157,17 @@ def cmd_token(args: argparse.Namespace) -> None:
 
 def cmd_company(args: argparse.Namespace) -> None:
     from meterline.db import companies
+    from meterline.db.companies import Company
 
     settings = _settings()
 
     async def work() -> None:
         if args.action == "list":
-            for company in await companies.list_all(limit=args.limit):
-                print(_describe(company))
+            for listed in await companies.list_all(limit=args.limit):
+                print(_describe(listed))
             return
-        company_id = uuid.UUID(args.company)
+        company_id = _company_id(args.company)
+        company: Company | None
         if args.action == "create":
             company = await companies.get_or_create(company_id)
         elif args.action == "show":

@@ -142,20 +142,30 @@ class Api:
             return service_token(self.company_id)
         return make_token(self.company_id, role)
 
-    async def post(self, query: str, variables: dict[str, Any] | None = None, *,
-                   token: str | None = None, role: str = "company_admin") -> httpx.Response:
+    async def post(
+        self,
+        query: str,
+        variables: dict[str, Any] | None = None,
+        *,
+        token: str | None = None,
+        role: str = "company_admin",
+    ) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token or self.token(role)}"}
         return await self.client.post(
             "/graphql", json={"query": query, "variables": variables or {}}, headers=headers
         )
 
-    async def gql(self, query: str, variables: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+    async def gql(
+        self, query: str, variables: dict[str, Any] | None = None, **kw: Any
+    ) -> dict[str, Any]:
         response = await self.post(query, variables, **kw)
         assert response.status_code == 200, response.text
         body: dict[str, Any] = response.json()
         return body
 
-    async def data(self, query: str, variables: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+    async def data(
+        self, query: str, variables: dict[str, Any] | None = None, **kw: Any
+    ) -> dict[str, Any]:
         body = await self.gql(query, variables, **kw)
         assert "errors" not in body, body
         result: dict[str, Any] = body["data"]
@@ -166,7 +176,9 @@ class Api:
 
 
 def client_for(app: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://meterline.test")
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://meterline.test"
+    )
 
 
 @pytest.fixture

@@ -30,11 +30,21 @@ def by_type(meters: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 async def test_current_usage_lists_every_type_with_zeros(api: Api) -> None:
     data = await api.data(f"{{ currentUsage {{ {METER_FIELDS} }} }}")
     meters = by_type(data["currentUsage"])
-    assert list(meters) == ["GUEST_INVITATION", "SMS_SENT", "AI_QUERY", "WHATSAPP_MESSAGE",
-                            "EMAIL_SENT"]
+    assert list(meters) == [
+        "GUEST_INVITATION",
+        "SMS_SENT",
+        "AI_QUERY",
+        "WHATSAPP_MESSAGE",
+        "EMAIL_SENT",
+    ]
     assert meters["GUEST_INVITATION"] == {
-        "eventType": "GUEST_INVITATION", "used": 0, "included": 50, "remaining": 50,
-        "percentUsed": 0.0, "exceeded": False, "overageQuantity": 0,
+        "eventType": "GUEST_INVITATION",
+        "used": 0,
+        "included": 50,
+        "remaining": 50,
+        "percentUsed": 0.0,
+        "exceeded": False,
+        "overageQuantity": 0,
         "unitPrice": {"amount": "0.10", "currency": "usd"},
         "overageCost": {"amount": "0.00", "currency": "usd"},
     }
@@ -59,7 +69,8 @@ async def test_current_usage_for_a_starter_company_over_two_allowances(api: Api)
     assert meters["EMAIL_SENT"]["percentUsed"] == 25.0
     summary = await api.data("{ monthlySummary { month totalOverageCost { amount currency } } }")
     assert summary["monthlySummary"] == {
-        "month": "2026-11-01", "totalOverageCost": {"amount": "0.95", "currency": "usd"}
+        "month": "2026-11-01",
+        "totalOverageCost": {"amount": "0.95", "currency": "usd"},
     }
 
 
@@ -69,8 +80,13 @@ async def test_enterprise_is_unlimited(api: Api) -> None:
     await recorded(api, eventType="AI_QUERY", quantity=99_999)
     m = by_type((await api.data(f"{{ currentUsage {{ {METER_FIELDS} }} }}"))["currentUsage"])
     assert m["AI_QUERY"] == {
-        **m["AI_QUERY"], "used": 99_999, "included": None, "remaining": None,
-        "percentUsed": None, "exceeded": False, "overageQuantity": 0,
+        **m["AI_QUERY"],
+        "used": 99_999,
+        "included": None,
+        "remaining": None,
+        "percentUsed": None,
+        "exceeded": False,
+        "overageQuantity": 0,
     }
     assert m["AI_QUERY"]["overageCost"]["amount"] == "0.00"
 
@@ -199,14 +215,21 @@ async def test_usage_events_month_filter(api: Api) -> None:
     data = await api.data(EVENTS, {"month": "2026-12"})
     assert [e["node"]["quantity"] for e in data["usageEvents"]["edges"]] == [2]
     empty = await api.data(EVENTS, {"month": "2025-01"})
-    assert empty["usageEvents"] == {"edges": [], "pageInfo": {"hasNextPage": False,
-                                                              "endCursor": None}}
+    assert empty["usageEvents"] == {
+        "edges": [],
+        "pageInfo": {"hasNextPage": False, "endCursor": None},
+    }
 
 
 @pytest.mark.parametrize(
     "variables",
-    [{"first": 0}, {"first": 101}, {"after": "not-a-cursor"}, {"after": "bm9wZQ=="},
-     {"month": "2026/11"}],
+    [
+        {"first": 0},
+        {"first": 101},
+        {"after": "not-a-cursor"},
+        {"after": "bm9wZQ=="},
+        {"month": "2026/11"},
+    ],
 )
 async def test_usage_events_bad_arguments(api: Api, variables: dict[str, Any]) -> None:
     body = await api.gql(EVENTS, variables)

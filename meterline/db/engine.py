@@ -28,7 +28,9 @@ def configure(database_url: str, *, statement_timeout_ms: int = 0) -> None:
     DB.config = connection_config(database_url, statement_timeout_ms=statement_timeout_ms)
 
 
-async def open_pool(database_url: str, *, min_size: int, max_size: int, statement_timeout_ms: int = 0) -> None:
+async def open_pool(
+    database_url: str, *, min_size: int, max_size: int, statement_timeout_ms: int = 0
+) -> None:
     configure(database_url, statement_timeout_ms=statement_timeout_ms)
     if DB.pool is None:
         await DB.start_connection_pool(min_size=min_size, max_size=max_size)

@@ -1,4 +1,4 @@
-"""Piccolo app registration, so `piccolo migrations new meterline --auto` works for schema changes."""
+"""Piccolo app registration: `piccolo migrations new meterline --auto` for schema changes."""
 
 import os
 

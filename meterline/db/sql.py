@@ -11,12 +11,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from meterline.db.engine import DB
 
 
 @asynccontextmanager
-async def _connection() -> AsyncIterator[asyncpg.Connection]:
+async def _connection() -> AsyncIterator[asyncpg.Connection | PoolConnectionProxy]:
     transaction = DB.current_transaction.get()
     if transaction is not None:
         yield transaction.connection
@@ -24,11 +25,11 @@ async def _connection() -> AsyncIterator[asyncpg.Connection]:
         async with DB.pool.acquire() as connection:
             yield connection
     else:  # CLI commands that run one statement or two
-        connection = await DB.get_new_connection()
+        single = await DB.get_new_connection()
         try:
-            yield connection
+            yield single
         finally:
-            await connection.close()
+            await single.close()
 
 
 async def fetch(query: str, *args: Any) -> list[asyncpg.Record]:

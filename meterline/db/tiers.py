@@ -15,7 +15,8 @@ async def seed_reference_data(plans: Mapping[Tier, Plan]) -> None:
     async with DB.transaction():
         for event_type in EventType:
             await sql.execute(
-                "INSERT INTO event_types (name) VALUES ($1) ON CONFLICT DO NOTHING", event_type.value
+                "INSERT INTO event_types (name) VALUES ($1) ON CONFLICT DO NOTHING",
+                event_type.value,
             )
         for position, plan in enumerate(plans.values()):
             await sql.execute(

@@ -8,7 +8,7 @@ import uuid
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, cast
 
 import strawberry
 from strawberry.scalars import JSON
@@ -21,9 +21,13 @@ from meterline.db.usage import StoredEvent
 from meterline.services import usage as usage_service
 from meterline.services.errors import BadUserInput
 
-UsageEventType = strawberry.enum(EventType, name="UsageEventType")
-SubscriptionTier = strawberry.enum(Tier, name="SubscriptionTier")
-BillingStatus = strawberry.enum(DomainBillingStatus, name="BillingStatus")
+# The domain enums are the GraphQL enums (exposed by member NAME): the catalog drives the schema.
+strawberry.enum(EventType, name="UsageEventType")
+strawberry.enum(Tier, name="SubscriptionTier")
+strawberry.enum(DomainBillingStatus, name="BillingStatus")
+UsageEventType = EventType
+SubscriptionTier = Tier
+BillingStatus = DomainBillingStatus
 
 
 @strawberry.enum
@@ -135,7 +139,7 @@ class UsageEvent:
             quantity=event.quantity,
             occurred_at=event.occurred_at,
             idempotency_key=event.idempotency_key,
-            metadata=event.metadata,
+            metadata=cast(JSON, event.metadata),
             sync_state=SyncState(event.sync_state),
         )
 
@@ -159,7 +163,9 @@ class UsageEventConnection:
 
     @classmethod
     def of(cls, page: usage_service.EventPage) -> UsageEventConnection:
-        edges = [UsageEventEdge(cursor=encode_cursor(e), node=UsageEvent.of(e)) for e in page.events]
+        edges = [
+            UsageEventEdge(cursor=encode_cursor(e), node=UsageEvent.of(e)) for e in page.events
+        ]
         return cls(
             edges=edges,
             page_info=PageInfo(
@@ -236,7 +242,9 @@ RecordUsageResult = Annotated[
 ]
 
 
-def record_result(outcome: usage_service.RecordOutcome) -> UsageRecorded | UsageLimitExceeded | PaymentRequired:
+def record_result(
+    outcome: usage_service.RecordOutcome,
+) -> UsageRecorded | UsageLimitExceeded | PaymentRequired:
     if isinstance(outcome, usage_service.Recorded):
         return UsageRecorded(
             event=UsageEvent.of(outcome.event),

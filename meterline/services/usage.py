@@ -16,7 +16,6 @@ from typing import Any
 from meterline.billing.catalog import EventType, Plan, Tier
 from meterline.billing.dunning import BillingStatus
 from meterline.billing.periods import (
-    add_months,
     as_utc,
     billable_window,
     format_month,
@@ -127,13 +126,17 @@ def _validated_metadata(metadata: Any) -> dict[str, Any] | None:
     return metadata
 
 
-def _validated_occurred_at(occurred_at: datetime | None, now: datetime, grace_hours: int) -> datetime:
+def _validated_occurred_at(
+    occurred_at: datetime | None, now: datetime, grace_hours: int
+) -> datetime:
     if occurred_at is None:
         return now
     try:
         moment = as_utc(occurred_at)
     except ValueError as exc:
-        raise BadUserInput("occurredAt must carry a time zone offset, e.g. 2026-11-25T10:00:00Z") from exc
+        raise BadUserInput(
+            "occurredAt must carry a time zone offset, e.g. 2026-11-25T10:00:00Z"
+        ) from exc
     if moment > now:
         if moment - now > CLOCK_SKEW:
             raise BadUserInput("occurredAt is in the future")
@@ -204,17 +207,7 @@ async def record_usage(
         sync_state="pending" if company.stripe_customer_id else "local_only",
     )
     try:
-        async with DB.transaction():
-            event = await usage.insert_event(new_event)
-            if request.idempotency_key is not None and not await usage.claim_idempotency_key(
-                company_id, request.idempotency_key, event.id
-            ):
-                raise _KeyTaken
-            used = await usage.add_to_rollup(
-                company_id, month, request.event_type, request.quantity, cap
-            )
-            if used is None:
-                raise _CapReached
+        event, used = await _write(new_event, cap)
     except _KeyTaken:
         return await _replay(company, plan, request, metadata)
     except _CapReached:
@@ -222,6 +215,24 @@ async def record_usage(
         assert cap is not None
         return LimitExceeded(request.event_type, cap, used_now, request.quantity)
     return Recorded(event, price_meter(request.event_type, used, allowance), duplicate=False)
+
+
+async def _write(new_event: NewEvent, cap: int | None) -> tuple[StoredEvent, int]:
+    """The event, its idempotency key and the rollup: one transaction, all or nothing."""
+    async with DB.transaction():
+        event = await usage.insert_event(new_event)
+        key = new_event.idempotency_key
+        if key is not None and not await usage.claim_idempotency_key(
+            new_event.company_id, key, event.id
+        ):
+            raise _KeyTaken
+        used = await usage.add_to_rollup(
+            new_event.company_id, new_event.month, new_event.event_type, new_event.quantity, cap
+        )
+        if used is None:
+            raise _CapReached
+        written = (event, used)
+    return written
 
 
 async def _replay(company: Company, plan: Plan, request: RecordRequest, metadata: Any) -> Recorded:
@@ -283,10 +294,11 @@ async def monthly_summary(company: Company, month: date, now: datetime) -> Month
 async def usage_history(company: Company, months: int, now: datetime) -> list[MonthSummary]:
     if not 1 <= months <= MAX_HISTORY_MONTHS:
         raise BadUserInput(f"months must be between 1 and {MAX_HISTORY_MONTHS}")
-    first = await usage.first_month(company.id)
-    oldest = min(filter(None, [first, month_of(company.created_at)]))
     current = month_of(now)
-    oldest = min(oldest, current)
+    first_usage = await usage.first_month(company.id)
+    oldest = min(month_of(company.created_at), current)
+    if first_usage is not None:  # usage may predate the row (late events of last month)
+        oldest = min(oldest, first_usage)
     return await _month_summaries(company, months_back(current, months, oldest))
 
 
@@ -302,6 +314,3 @@ async def list_events(
         company.id, limit=first + 1, after=after, event_type=event_type, month=month
     )
     return EventPage(events=rows[:first], has_next_page=len(rows) > first)
-
-
-__all__ = ["add_months"]

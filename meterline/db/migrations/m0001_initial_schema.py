@@ -1,24 +1,25 @@
+import decimal
+
 from piccolo.apps.migrations.auto.migration_manager import MigrationManager
-from piccolo.columns.base import OnDelete
-from piccolo.columns.base import OnUpdate
-from piccolo.columns.column_types import BigInt
-from piccolo.columns.column_types import Boolean
-from piccolo.columns.column_types import Date
-from piccolo.columns.column_types import ForeignKey
-from piccolo.columns.column_types import Integer
-from piccolo.columns.column_types import JSONB
-from piccolo.columns.column_types import Numeric
-from piccolo.columns.column_types import Timestamptz
-from piccolo.columns.column_types import UUID
-from piccolo.columns.column_types import Varchar
+from piccolo.columns.base import OnDelete, OnUpdate
+from piccolo.columns.column_types import (
+    JSONB,
+    UUID,
+    BigInt,
+    Boolean,
+    Date,
+    ForeignKey,
+    Integer,
+    Numeric,
+    Timestamptz,
+    Varchar,
+)
 from piccolo.columns.defaults.date import DateNow
 from piccolo.columns.defaults.timestamptz import TimestamptzNow
 from piccolo.columns.defaults.uuid import UUID4
 from piccolo.columns.indexes import IndexMethod
-from piccolo.constraints import Check
-from piccolo.constraints import Unique
+from piccolo.constraints import Check, Unique
 from piccolo.table import Table
-import decimal
 
 
 class CompanyRow(Table, tablename="companies", schema=None):
@@ -85,13 +86,9 @@ DESCRIPTION = "initial schema"
 
 
 async def forwards():
-    manager = MigrationManager(
-        migration_id=ID, app_name="meterline", description=DESCRIPTION
-    )
+    manager = MigrationManager(migration_id=ID, app_name="meterline", description=DESCRIPTION)
 
-    manager.add_table(
-        class_name="TierRow", tablename="tiers", schema=None, columns=None
-    )
+    manager.add_table(class_name="TierRow", tablename="tiers", schema=None, columns=None)
 
     manager.add_table(
         class_name="IdempotencyKeyRow",
@@ -114,9 +111,7 @@ async def forwards():
         columns=None,
     )
 
-    manager.add_table(
-        class_name="CompanyRow", tablename="companies", schema=None, columns=None
-    )
+    manager.add_table(class_name="CompanyRow", tablename="companies", schema=None, columns=None)
 
     manager.add_table(
         class_name="UsageRollupRow",
@@ -942,9 +937,7 @@ async def forwards():
         tablename="usage_events",
         constraint_name="usage_events_metadata_object",
         constraint_class=Check,
-        params={
-            "condition": "metadata IS NULL OR jsonb_typeof(metadata) = 'object'"
-        },
+        params={"condition": "metadata IS NULL OR jsonb_typeof(metadata) = 'object'"},
         schema=None,
     )
 
