@@ -91,6 +91,10 @@ def create_app(
     schema = build_schema(introspection=settings.is_development)
 
     async def graphql_context(request: Request[Any, Any, Any]) -> Context:
+        request_id = request.scope.get("state", {}).get("request_id") or uuid.uuid4().hex
+        if request.method == "GET":
+            # GET only serves GraphiQL (queries over GET are off): nothing to authenticate.
+            return Context(principal=None, settings=settings, clock=clock, request_id=request_id)
         try:
             principal = await verifier.verify(bearer_token(request.headers.get("authorization")))
         except (
@@ -103,7 +107,7 @@ def create_app(
             principal=principal,
             settings=settings,
             clock=clock,
-            request_id=request.scope.get("state", {}).get("request_id") or uuid.uuid4().hex,
+            request_id=request_id,
         )
 
     graphql = make_graphql_controller(

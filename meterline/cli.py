@@ -113,9 +113,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
         print(f"Demo company {DEMO_COMPANY_ID} {'seeded' if seeded else 'already there'}.")
         if settings.is_development:
             token = mint_development_token(settings, company_id=DEMO_COMPANY_ID)
-            print(f"\nGraphiQL:  {base}/graphql")
-            print(f"Token (company_admin of the demo company, 12 h):\n\n{token}\n")
-            print(f"curl -s {base}/graphql -H 'Authorization: Bearer {token[:12]}...' ...\n")
+            query = '{"query": "{ currentUsage { eventType used included remaining } }"}'
+            print(f"\nGraphiQL: {base}/graphql  (add the header Authorization: Bearer $TOKEN)")
+            print("Development token (company_admin of the demo company, valid 12 h):\n")
+            print(f"export TOKEN={token}\n")
+            print(f'curl -s {base}/graphql -H "Authorization: Bearer $TOKEN" \\')
+            print(f"  -H 'Content-Type: application/json' -d '{query}'\n")
     print(f"Meterline ({settings.env}) serving on {base}", flush=True)
     uvicorn.run(
         create_app(settings),

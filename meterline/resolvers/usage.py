@@ -6,6 +6,7 @@ import strawberry
 
 from meterline.billing.catalog import EventType
 from meterline.billing.periods import month_of
+from meterline.metrics import USAGE_RECORDINGS
 from meterline.permissions import Permission
 from meterline.schema.context import Context
 from meterline.schema.types import (
@@ -22,6 +23,7 @@ from meterline.schema.types import (
 )
 from meterline.services import usage
 from meterline.services.errors import BadUserInput
+from meterline.services.usage import outcome_label
 
 MAX_PAGE_SIZE = 100
 
@@ -86,4 +88,5 @@ async def record_usage(info: Info, input: RecordUsageInput) -> RecordUsageResult
         now=ctx.now(),
         late_grace_hours=ctx.settings.late_usage_grace_hours,
     )
+    USAGE_RECORDINGS.labels(input.event_type.value, outcome_label(outcome)).inc()
     return record_result(outcome)

@@ -74,5 +74,5 @@ def build_schema(*, introspection: bool) -> strawberry.Schema:
         ErrorCodes,
     ]
     if not introspection:
-        extensions.append(AddValidationRules([NoSchemaIntrospectionCustomRule]))
+        extensions.append(lambda: AddValidationRules([NoSchemaIntrospectionCustomRule]))
     return MeterlineSchema(query=Query, mutation=Mutation, extensions=extensions)

@@ -18,7 +18,7 @@ from meterline.services.errors import Forbidden
 
 
 class Context(BaseContext, kw_only=True):
-    principal: Principal
+    principal: Principal | None  # None only for GET (the GraphiQL page)
     settings: Settings
     clock: Callable[[], datetime]
     request_id: str
@@ -30,6 +30,8 @@ class Context(BaseContext, kw_only=True):
 
     def authorize(self, permission: Permission) -> uuid.UUID:
         """The caller's company, if its role grants `permission`; FORBIDDEN otherwise."""
+        if self.principal is None:
+            raise Forbidden("No token.")
         company_id = self.principal.company_id
         if company_id is None:
             raise Forbidden("This token names no company.")

@@ -80,6 +80,12 @@ class PaymentRequired:
 RecordOutcome = Recorded | LimitExceeded | PaymentRequired
 
 
+def outcome_label(outcome: RecordOutcome) -> str:
+    if isinstance(outcome, Recorded):
+        return "duplicate" if outcome.duplicate else "recorded"
+    return "limit_exceeded" if isinstance(outcome, LimitExceeded) else "payment_required"
+
+
 @dataclass(frozen=True)
 class MonthSummary:
     month: date
