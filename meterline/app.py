@@ -183,5 +183,6 @@ def create_app(
         lifespan=[database],
         exception_handlers={Exception: log_unhandled},
         request_max_body_size=MAX_BODY_BYTES,
+        logging_config=None,  # JSON logging is configured by the process (log.py)
         debug=False,
     )
