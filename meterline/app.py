@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -110,13 +111,22 @@ def create_app(
             request_id=request_id,
         )
 
-    graphql = make_graphql_controller(
+    strawberry_controller = make_graphql_controller(
         schema,
         path="/graphql",
         context_getter=graphql_context,
         graphql_ide="graphiql" if settings.is_development else None,
         allow_queries_via_get=False,
+        subscription_protocols=(),  # no subscriptions: refuse WebSocket upgrades cleanly
     )
+
+    class GraphQLController(strawberry_controller):  # type: ignore[valid-type,misc]
+        def decode_json(self, data: str | bytes) -> object:
+            # Strawberry answers 400 to a JSONDecodeError but lets a non-UTF-8 body become a 500.
+            try:
+                return super().decode_json(data)
+            except UnicodeDecodeError as exc:
+                raise json.JSONDecodeError("body is not UTF-8", "", 0) from exc
 
     @get("/healthz", sync_to_thread=False)
     def healthz() -> dict[str, str]:
@@ -178,7 +188,7 @@ def create_app(
         return Response({"status_code": 500, "detail": "Internal server error"}, status_code=500)
 
     return Litestar(
-        route_handlers=[graphql, healthz, readyz, MetricsController],
+        route_handlers=[GraphQLController, healthz, readyz, MetricsController],
         middleware=[request_id_middleware, prometheus.middleware],
         lifespan=[database],
         exception_handlers={Exception: log_unhandled},

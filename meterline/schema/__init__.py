@@ -12,13 +12,13 @@ from strawberry.extensions import (
     MaxAliasesLimiter,
     MaxTokensLimiter,
     ParserCache,
-    QueryDepthLimiter,
     ValidationCache,
 )
-from strawberry.types import ExecutionContext
+from strawberry.types import ExecutionContext, ExecutionResult
 
 from meterline.resolvers import usage
-from meterline.schema.errors import ErrorCodes, log_errors
+from meterline.schema.errors import log_errors, with_codes
+from meterline.schema.limits import max_depth_rule
 from meterline.schema.types import (
     MeterUsage,
     MonthlySummary,
@@ -57,6 +57,15 @@ class Mutation:
 
 
 class MeterlineSchema(strawberry.Schema):
+    async def execute(self, *args: Any, **kwargs: Any) -> ExecutionResult:
+        """Every error leaves with an `extensions.code`, and unexpected ones masked. Done on
+        the final result: parse errors end the operation before any extension hook sees them."""
+        result = await super().execute(*args, **kwargs)
+        if result.errors:
+            context = kwargs.get("context_value", args[2] if len(args) > 2 else None)
+            result.errors = with_codes(result.errors, getattr(context, "request_id", None))
+        return result
+
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
     ) -> None:
@@ -69,10 +78,10 @@ def build_schema(*, introspection: bool) -> strawberry.Schema:
         ParserCache,
         ValidationCache,
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
-        lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
         lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
-        ErrorCodes,
     ]
+    rules: list[Any] = [max_depth_rule(MAX_DEPTH)]
     if not introspection:
-        extensions.append(lambda: AddValidationRules([NoSchemaIntrospectionCustomRule]))
+        rules.append(NoSchemaIntrospectionCustomRule)
+    extensions.append(lambda: AddValidationRules(rules))
     return MeterlineSchema(query=Query, mutation=Mutation, extensions=extensions)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 
-from graphql import GraphQLError
-from strawberry.extensions import SchemaExtension
+from graphql import GraphQLError, GraphQLSyntaxError
 
 from meterline.services.errors import MeterlineError
 
@@ -27,44 +25,33 @@ def _code(error: GraphQLError) -> str:
         return original.code
     if error.message.startswith("Variable "):  # a variable that does not fit its type
         return "BAD_USER_INPUT"
+    if isinstance(error, GraphQLSyntaxError) or isinstance(original, GraphQLSyntaxError):
+        return "GRAPHQL_PARSE_FAILED"
     if original is None or isinstance(original, GraphQLError):
         return "GRAPHQL_VALIDATION_FAILED"
     return INTERNAL
 
 
-def _request_id(context: object) -> str | None:
-    return getattr(context, "request_id", None)
-
-
-class ErrorCodes(SchemaExtension):
-    """Adds `extensions.code` to every error and masks unexpected ones (their details are in
-    the log, under the request id the response carries in `extensions.requestId`)."""
-
-    async def on_operation(self) -> AsyncIterator[None]:
-        yield
-        result = self.execution_context.result
-        if result is None or not result.errors:
-            return
-        request_id = _request_id(self.execution_context.context)
-        processed = []
-        for error in result.errors:
-            if is_unexpected(error):
-                processed.append(
-                    GraphQLError(
-                        "Internal server error.",
-                        nodes=error.nodes,
-                        source=error.source,
-                        positions=error.positions,
-                        path=error.path,
-                        extensions={"code": INTERNAL, "requestId": request_id},
-                    )
+def with_codes(errors: list[GraphQLError], request_id: str | None) -> list[GraphQLError]:
+    """Adds `extensions.code` to every error; unexpected ones are replaced by a masked error
+    (their details are in the log, under the `requestId` the masked error carries)."""
+    processed = []
+    for error in errors:
+        if is_unexpected(error):
+            processed.append(
+                GraphQLError(
+                    "Internal server error.",
+                    nodes=error.nodes,
+                    source=error.source,
+                    positions=error.positions,
+                    path=error.path,
+                    extensions={"code": INTERNAL, "requestId": request_id},
                 )
-            else:
-                extensions = dict(error.extensions or {})
-                extensions.setdefault("code", _code(error))
-                error.extensions = extensions
-                processed.append(error)
-        result.errors = processed
+            )
+        else:
+            error.extensions = {"code": _code(error), **(error.extensions or {})}
+            processed.append(error)
+    return processed
 
 
 def log_errors(errors: list[GraphQLError], request_id: str | None) -> None:
