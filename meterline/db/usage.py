@@ -24,20 +24,6 @@ _EVENT_COLUMNS = (
 
 
 @dataclass(frozen=True)
-class StoredEvent:
-    id: uuid.UUID
-    company_id: uuid.UUID
-    event_type: EventType
-    quantity: int
-    occurred_at: datetime
-    month: date
-    idempotency_key: str | None
-    metadata: dict[str, Any] | None
-    sync_state: str
-    recorded_at: datetime
-
-
-@dataclass(frozen=True)
 class NewEvent:
     id: uuid.UUID
     company_id: uuid.UUID
@@ -48,6 +34,11 @@ class NewEvent:
     idempotency_key: str | None
     metadata: dict[str, Any] | None
     sync_state: str
+
+
+@dataclass(frozen=True)
+class StoredEvent(NewEvent):
+    recorded_at: datetime
 
 
 def _event(row: asyncpg.Record) -> StoredEvent:
