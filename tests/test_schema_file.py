@@ -27,3 +27,21 @@ def test_design_names_are_present() -> None:
         "enum SyncState {\n  LOCAL_ONLY\n  PENDING\n  SENDING\n  SENT\n  FAILED\n  UNKNOWN\n}",
     ]:
         assert name in sdl, name
+
+
+async def test_validation_is_cached_across_requests() -> None:
+    """A document is validated once per process: the rules must be the same classes every
+    request, or ValidationCache misses (validation is a third of a small request's CPU)."""
+    import uuid
+
+    from strawberry.extensions.validation_cache import DEFAULT_MAXSIZE, _get_validate_cache
+
+    cache = _get_validate_cache(DEFAULT_MAXSIZE)
+    schema = build_schema(introspection=False)
+    query = f"query Probe{uuid.uuid4().hex} {{ __typename }}"  # never seen before
+    before = cache.cache_info()
+    for _ in range(3):
+        result = await schema.execute(query)
+        assert result.errors is None
+    after = cache.cache_info()
+    assert (after.misses - before.misses, after.hits - before.hits) == (1, 2)

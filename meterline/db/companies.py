@@ -46,12 +46,15 @@ async def get(company_id: uuid.UUID) -> Company | None:
 
 async def get_or_create(company_id: uuid.UUID) -> Company:
     """A company exists as soon as a valid token names it: created on the free tier."""
+    existing = await get(company_id)  # the common case: one round trip
+    if existing is not None:
+        return existing
     row = await sql.fetchrow(
         f"INSERT INTO companies (id, tier) VALUES ($1, 'free') ON CONFLICT (id) DO NOTHING "
         f"RETURNING {_COLUMNS}",
         company_id,
     )
-    if row is None:  # it existed, or a concurrent request created it (now committed)
+    if row is None:  # a concurrent request created it; it is committed now
         row = await sql.fetchrow(f"SELECT {_COLUMNS} FROM companies WHERE id = $1", company_id)
     assert row is not None
     return _company(row)

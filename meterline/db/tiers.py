@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+import time
 from decimal import Decimal
 
 from meterline.billing.catalog import Allowance, EventType, Plan, Tier
@@ -52,3 +53,17 @@ async def load_plans() -> dict[Tier, Plan]:
             row["included"], Decimal(row["unit_price"])
         )
     return {t: Plan(tier=t, grace_days=grace[t], allowances=a) for t, a in allowances.items()}
+
+
+# Tiers are reference data read by every request: keep them a few seconds per process. An
+# operator's edit is seen everywhere within PLANS_MAX_AGE seconds.
+PLANS_MAX_AGE = 10.0
+_cached: tuple[float, dict[Tier, Plan]] | None = None
+
+
+async def cached_plans() -> dict[Tier, Plan]:
+    global _cached
+    now = time.monotonic()
+    if _cached is None or now - _cached[0] > PLANS_MAX_AGE:
+        _cached = (now, await load_plans())
+    return _cached[1]

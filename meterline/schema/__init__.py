@@ -74,14 +74,18 @@ class MeterlineSchema(strawberry.Schema):
 
 
 def build_schema(*, introspection: bool) -> strawberry.Schema:
+    # Validation rules are built once: ValidationCache keys on the rule classes, so a rule class
+    # made per request (what MaxAliasesLimiter does) would make every request miss the cache.
+    rules: list[Any] = [
+        max_depth_rule(MAX_DEPTH),
+        *MaxAliasesLimiter(max_alias_count=MAX_ALIASES).validation_rules,
+    ]
+    if not introspection:
+        rules.append(NoSchemaIntrospectionCustomRule)
     extensions: list[Any] = [
         ParserCache,
         ValidationCache,
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
-        lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+        lambda: AddValidationRules(rules),
     ]
-    rules: list[Any] = [max_depth_rule(MAX_DEPTH)]
-    if not introspection:
-        rules.append(NoSchemaIntrospectionCustomRule)
-    extensions.append(lambda: AddValidationRules(rules))
     return MeterlineSchema(query=Query, mutation=Mutation, extensions=extensions)

@@ -198,7 +198,7 @@ async def record_usage(
     if company.dunning.status(now) is BillingStatus.RESTRICTED:
         return PaymentRequired(grace_ended_at=company.dunning.grace_ends_at or now)
 
-    plan = (await tiers.load_plans())[company.tier]
+    plan = (await tiers.cached_plans())[company.tier]
     allowance = plan.allowance(request.event_type)
     cap = allowance.included if company.tier.is_hard_capped else None
     new_event = NewEvent(
@@ -266,7 +266,7 @@ def _statements(plan: Plan, used: Mapping[EventType, int]) -> list[MeterStatemen
 async def _month_summaries(company: Company, months: list[date]) -> list[MonthSummary]:
     if not months:
         return []
-    plan = (await tiers.load_plans())[company.tier]
+    plan = (await tiers.cached_plans())[company.tier]
     totals = await usage.rollups(company.id, min(months), max(months))
     return [
         MonthSummary(m, _statements(plan, {t: totals.get((m, t), 0) for t in EventType}))
@@ -279,7 +279,7 @@ async def current_usage(company: Company, now: datetime) -> list[MeterStatement]
 
 
 async def usage_limits(company: Company, now: datetime) -> Limits:
-    plan = (await tiers.load_plans())[company.tier]
+    plan = (await tiers.cached_plans())[company.tier]
     summary = (await _month_summaries(company, [month_of(now)]))[0]
     return Limits(
         tier=company.tier,

@@ -1,0 +1,1 @@
+"""Benchmarks: run against the real server, as a separate process (see `make bench`)."""
