@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 SERVICE_ROLE: Final = "service"
 JWKS_LIFESPAN_SECONDS: Final = 300
 JWKS_TIMEOUT_SECONDS: Final = 10
+JWKS_MIN_REFRESH_SECONDS: Final = 30
 # Clerk session tokens are well under 4 KB; anything far larger is refused before parsing.
 MAX_TOKEN_LENGTH: Final = 16_384
 _REQUIRED_CLAIMS: Final = ["exp", "sub"]
@@ -170,6 +171,8 @@ class TokenVerifier:
         # kid -> (RSA key, monotonic expiry): lets cached keys be used on the event loop
         # without a thread hop; any miss goes through PyJWKClient in a thread.
         self._jwks_keys: dict[str, tuple[RSAPublicKey, float]] = {}
+        self._refresh_lock = asyncio.Lock()
+        self._last_refresh: float = -JWKS_MIN_REFRESH_SECONDS  # monotonic time of last fetch
         if settings.clerk_jwt_key:
             self._clerk_key = _load_clerk_pem(settings.clerk_jwt_key)
             if settings.clerk_jwks_url:
@@ -235,24 +238,31 @@ class TokenVerifier:
         cached = self._jwks_keys.get(kid)
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
-        try:
-            return await asyncio.to_thread(self._fetch_key, kid)
-        except jwt.PyJWKClientConnectionError as exc:
-            logger.error("Clerk JWKS unavailable: %s", exc)
-            raise AuthenticationUnavailableError("signing keys unavailable") from exc
-        except jwt.PyJWTError as exc:
-            raise AuthenticationError("unknown signing key") from exc
+        # A miss refetches the key set, but at most once per JWKS_MIN_REFRESH_SECONDS and one
+        # fetch at a time: tokens with made-up key ids must not become one request each to
+        # Clerk (nor fill the thread pool).
+        async with self._refresh_lock:
+            cached = self._jwks_keys.get(kid)
+            if cached is not None and cached[1] > time.monotonic():
+                return cached[0]  # fetched while this request waited
+            if time.monotonic() - self._last_refresh >= JWKS_MIN_REFRESH_SECONDS:
+                self._last_refresh = time.monotonic()
+                try:
+                    await asyncio.to_thread(self._fetch_all_keys, True)
+                except jwt.PyJWKClientConnectionError as exc:
+                    logger.error("Clerk JWKS unavailable: %s", exc)
+                    raise AuthenticationUnavailableError("signing keys unavailable") from exc
+                except jwt.PyJWTError as exc:
+                    raise AuthenticationError("unknown signing key") from exc
+            cached = self._jwks_keys.get(kid)
+        if cached is None:
+            raise AuthenticationError("unknown signing key")
+        return cached[0]  # possibly past its lifespan: still Clerk's latest word on that kid
 
-    def _fetch_key(self, kid: str) -> RSAPublicKey:
-        """Blocking (may do network I/O): runs in a worker thread."""
-        assert self._jwks is not None
-        jwk = self._jwks.get_signing_key(kid)
-        return self._remember(kid, jwk)
-
-    def _fetch_all_keys(self) -> None:
+    def _fetch_all_keys(self, refresh: bool = False) -> None:
         """Blocking (network I/O): runs in a worker thread."""
         assert self._jwks is not None
-        for jwk in self._jwks.get_signing_keys():
+        for jwk in self._jwks.get_signing_keys(refresh=refresh):
             if jwk.key_id:
                 try:
                     self._remember(jwk.key_id, jwk)

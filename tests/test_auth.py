@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -516,3 +517,18 @@ async def test_jwks_unreachable(keys: Keys, jwks_server: JwksServer) -> None:
     await verifier.warm()  # logged, not raised
     with pytest.raises(AuthenticationUnavailableError):
         await verifier.verify(rs256(keys.private, claims(), kid="ins_key_1"))
+
+
+async def test_jwks_made_up_key_ids_do_not_each_cost_a_fetch(
+    keys: Keys, jwks_server: JwksServer
+) -> None:
+    """Unknown kids refetch at most once per JWKS_MIN_REFRESH_SECONDS, one fetch at a time."""
+    verifier = TokenVerifier(settings(clerk_jwks_url=jwks_server.url))
+    forged = [rs256(keys.private, claims(), kid=f"ins_forged_{i}") for i in range(50)]
+    results = await asyncio.gather(*[verifier.verify(t) for t in forged], return_exceptions=True)
+    assert all(isinstance(r, AuthenticationError) for r in results)
+    assert len(jwks_server.requests) == 1
+    # the real key still verifies, from the one fetch
+    good = await verifier.verify(rs256(keys.private, claims(), kid="ins_key_1"))
+    assert good.user_id == "user_2abc"
+    assert len(jwks_server.requests) == 1
