@@ -122,11 +122,17 @@ def create_app(
 
     class GraphQLController(strawberry_controller):  # type: ignore[valid-type,misc]
         def decode_json(self, data: str | bytes) -> object:
-            # Strawberry answers 400 to a JSONDecodeError but lets a non-UTF-8 body become a 500.
+            # Strawberry answers 400 to a JSONDecodeError, but a body that is not UTF-8, nests
+            # too deep, or is a bare JSON scalar would end in a 500: make them that error too.
             try:
-                return super().decode_json(data)
+                decoded = super().decode_json(data)
             except UnicodeDecodeError as exc:
                 raise json.JSONDecodeError("body is not UTF-8", "", 0) from exc
+            except RecursionError as exc:
+                raise json.JSONDecodeError("body nests too deep", "", 0) from exc
+            if not isinstance(decoded, dict | list):
+                raise json.JSONDecodeError("body must be a JSON object", "", 0)
+            return decoded
 
     @get("/healthz", sync_to_thread=False)
     def healthz() -> dict[str, str]:

@@ -36,7 +36,6 @@ from meterline.billing.periods import (
 )
 from meterline.billing.pricing import (
     MeterStatement,
-    hard_cap_refusal,
     price_meter,
     to_cents,
     total_overage_cost,
@@ -115,10 +114,16 @@ def test_enums_format_as_their_values() -> None:
 
 
 def test_only_free_is_hard_capped() -> None:
-    assert Tier.FREE.is_hard_capped is True
-    assert Tier.STARTER.is_hard_capped is False
-    assert Tier.PROFESSIONAL.is_hard_capped is False
-    assert Tier.ENTERPRISE.is_hard_capped is False
+    assert {t for t, plan in DEFAULT_PLANS.items() if plan.hard_cap} == {Tier.FREE}
+
+
+def test_cap_is_the_allowance_of_a_hard_capped_plan_only() -> None:
+    assert DEFAULT_PLANS[Tier.FREE].cap(EventType.GUEST_INVITATION) == 50
+    assert DEFAULT_PLANS[Tier.FREE].cap(EventType.SMS_SENT) == 0
+    assert DEFAULT_PLANS[Tier.FREE].cap(EventType.EMAIL_SENT) == 100
+    for tier in (Tier.STARTER, Tier.PROFESSIONAL, Tier.ENTERPRISE):
+        for event_type in EventType:
+            assert DEFAULT_PLANS[tier].cap(event_type) is None
 
 
 def test_currency() -> None:
@@ -589,48 +594,6 @@ def test_to_cents_ignores_ambient_context() -> None:
     with localcontext() as ctx:
         ctx.prec = 3
         assert str(to_cents(Decimal("123456.785"))) == "123456.79"
-
-
-FREE_GUEST = Allowance(50, Decimal("0.10"))
-
-
-@pytest.mark.parametrize(
-    ("used", "requested", "refused"),
-    [
-        (0, 1, False),
-        (0, 50, False),  # exactly the allowance
-        (0, 51, True),
-        (40, 10, False),  # used + requested == included
-        (40, 11, True),  # one beyond
-        (49, 1, False),
-        (49, 2, True),
-        (50, 1, True),
-        (50, 0, False),
-        (60, 1, True),
-    ],
-)
-def test_hard_cap_boundary(used: int, requested: int, refused: bool) -> None:
-    assert hard_cap_refusal(FREE_GUEST, used, requested) is refused
-
-
-def test_hard_cap_on_default_free_plan() -> None:
-    assert hard_cap_refusal(allowance_of(FREE, S), 0, 1) is True  # free includes no SMS
-    assert hard_cap_refusal(allowance_of(FREE, E), 99, 1) is False
-    assert hard_cap_refusal(allowance_of(FREE, E), 100, 1) is True
-    assert hard_cap_refusal(allowance_of(FREE, G), 0, 50) is False
-    assert hard_cap_refusal(allowance_of(FREE, G), 0, 51) is True
-
-
-@pytest.mark.parametrize("used", [0, 1_000_000, 10**18])
-def test_hard_cap_never_refuses_unlimited(used: int) -> None:
-    for event_type in EventType:
-        assert hard_cap_refusal(allowance_of(ENT, event_type), used, 100_000) is False
-
-
-@pytest.mark.parametrize(("used", "requested"), [(-1, 1), (0, -1), (-5, -5)])
-def test_hard_cap_rejects_negative_numbers(used: int, requested: int) -> None:
-    with pytest.raises(ValueError):
-        hard_cap_refusal(FREE_GUEST, used, requested)
 
 
 # --------------------------------------------------------------------------------------------

@@ -377,3 +377,146 @@ async def test_restricted_company_gets_payment_required_and_can_still_read(api: 
     assert (await recorded(api, quantity=1))["__typename"] == "UsageRecorded"
     limits = await api.data("{ usageLimits { billingStatus } }")
     assert limits["usageLimits"]["billingStatus"] == "PAST_DUE"
+
+
+# --- retries are answered from their key, whatever changed since ------------------------------
+
+
+async def test_retry_of_a_skewed_occurred_at_is_a_duplicate(api: Api) -> None:
+    now = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+    api.clock.set(now)
+    ahead = (now + timedelta(seconds=3)).isoformat()
+    first = await recorded(api, idempotencyKey="skew", occurredAt=ahead)
+    api.clock.set(now + timedelta(seconds=30))
+    again = await recorded(api, idempotencyKey="skew", occurredAt=ahead)
+    assert again["duplicate"] is True
+    assert again["event"]["id"] == first["event"]["id"]
+
+
+async def test_retry_after_the_period_closed_is_a_duplicate_not_a_refusal(api: Api) -> None:
+    api.clock.set(datetime(2026, 11, 30, 23, 59, tzinfo=UTC))
+    first = await recorded(api, idempotencyKey="late", occurredAt="2026-11-30T23:58:00Z")
+    api.clock.set(datetime(2026, 12, 1, 1, 0, 1, tzinfo=UTC))  # November is closed now
+    again = await recorded(api, idempotencyKey="late", occurredAt="2026-11-30T23:58:00Z")
+    assert again["duplicate"] is True
+    assert again["event"]["id"] == first["event"]["id"]
+    assert again["usage"]["used"] == 1
+
+
+async def test_retry_after_the_company_was_restricted_is_a_duplicate(api: Api) -> None:
+    now = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+    api.clock.set(now)
+    first = await recorded(api, idempotencyKey="r1", quantity=2)
+    await companies.set_dunning(
+        api.company_id, Dunning(now - timedelta(days=20), now - timedelta(days=6))
+    )
+    again = await recorded(api, idempotencyKey="r1", quantity=2)
+    assert again["duplicate"] is True and again["event"]["id"] == first["event"]["id"]
+    assert (await recorded(api, idempotencyKey="r2"))["__typename"] == "PaymentRequired"
+
+
+async def test_metadata_true_and_1_are_different_payloads(api: Api) -> None:
+    await recorded(api, idempotencyKey="m", metadata={"a": True})
+    body = await record(api, idempotencyKey="m", metadata={"a": 1})
+    assert error_code(body) == "IDEMPOTENCY_KEY_REUSED"
+
+
+# --- inputs the database cannot hold are user errors, never a 500 -------------------------------
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"metadata": {"note": "a\u0000b"}},
+        {"metadata": {"a\u0000": 1}},
+        {"metadata": {"list": ["ok", "\u0000"]}},
+        {"idempotencyKey": "key\u0000"},
+        {"occurredAt": "0001-01-01T00:00:00+01:00"},
+        {"occurredAt": "9999-12-31T23:00:00-05:00"},
+    ],
+)
+async def test_values_postgres_cannot_store_are_bad_input(api: Api, fields: dict[str, Any]) -> None:
+    body = await record(api, **fields)
+    assert error_code(body) == "BAD_USER_INPUT"
+    assert await used(api) == 0
+
+
+async def test_non_finite_numbers_in_metadata_are_bad_input(api: Api) -> None:
+    mutation = (
+        "mutation { recordUsage(input: {eventType: GUEST_INVITATION, metadata: {a: 1e400}}) "
+        "{ __typename } }"
+    )
+    body = await api.gql(mutation)
+    assert error_code(body) == "BAD_USER_INPUT"
+    assert await used(api) == 0
+
+
+async def test_a_bad_literal_gets_the_code_of_a_bad_variable(api: Api) -> None:
+    inline = await api.gql("mutation { recordUsage(input: {eventType: FAX}) { __typename } }")
+    assert error_code(inline) == "BAD_USER_INPUT"
+    inline = await api.gql(
+        'mutation { recordUsage(input: {eventType: SMS_SENT, occurredAt: "yesterday"}) '
+        "{ __typename } }"
+    )
+    assert error_code(inline) == "BAD_USER_INPUT"
+
+
+# --- a month keeps the allowance it started with ----------------------------------------------
+
+
+async def test_a_past_month_is_not_repriced_by_a_later_tier(api: Api) -> None:
+    await companies.get_or_create(api.company_id)
+    await companies.set_tier(api.company_id, Tier.STARTER)
+    api.clock.set(datetime(2026, 10, 20, 12, 0, tzinfo=UTC))
+    await recorded(api, quantity=600)  # starter includes 500: 100 x 0.10 = 10.00
+    api.clock.set(datetime(2026, 11, 10, 12, 0, tzinfo=UTC))
+    query = '{ monthlySummary(month: "2026-10") { totalOverageCost { amount } } }'
+    for tier in (Tier.PROFESSIONAL, Tier.FREE, Tier.ENTERPRISE):
+        await companies.set_tier(api.company_id, tier)
+        data = await api.data(query)
+        assert data["monthlySummary"]["totalOverageCost"]["amount"] == "10.00", tier
+
+
+async def test_an_operators_price_edit_prices_new_months_only(api: Api) -> None:
+    from meterline.db import tiers
+
+    await companies.get_or_create(api.company_id)
+    await companies.set_tier(api.company_id, Tier.PROFESSIONAL)
+    api.clock.set(datetime(2026, 11, 10, 12, 0, tzinfo=UTC))
+    await recorded(api, eventType="AI_QUERY", quantity=210)  # 10 over at 0.20
+    await sql.execute(
+        "UPDATE tier_allowances SET unit_price = 0.30 "
+        "WHERE tier = 'professional' AND event_type = 'ai_query'"
+    )
+    tiers.PLANS_MAX_AGE, saved = 0.0, tiers.PLANS_MAX_AGE
+    try:
+        await recorded(api, eventType="AI_QUERY", quantity=1)
+        data = await api.data("{ monthlySummary { totalOverageCost { amount } } }")
+        assert data["monthlySummary"]["totalOverageCost"]["amount"] == "2.20"  # 11 x 0.20
+        api.clock.set(datetime(2026, 12, 10, 12, 0, tzinfo=UTC))
+        await recorded(api, eventType="AI_QUERY", quantity=201)
+        data = await api.data("{ monthlySummary { totalOverageCost { amount } } }")
+        assert data["monthlySummary"]["totalOverageCost"]["amount"] == "0.30"  # 1 x 0.30
+    finally:
+        tiers.PLANS_MAX_AGE = saved
+        await sql.execute(
+            "UPDATE tier_allowances SET unit_price = 0.20 "
+            "WHERE tier = 'professional' AND event_type = 'ai_query'"
+        )
+
+
+async def test_late_events_of_a_paid_month_are_not_capped_by_a_free_tier(api: Api) -> None:
+    """Downgraded to free on the 1st: October was starter, its late events are not capped."""
+    await companies.get_or_create(api.company_id)
+    await companies.set_tier(api.company_id, Tier.STARTER)
+    api.clock.set(datetime(2026, 10, 31, 22, 0, tzinfo=UTC))
+    await recorded(api, quantity=60, occurredAt="2026-10-31T21:00:00Z")
+    await companies.set_tier(api.company_id, Tier.FREE)
+    api.clock.set(datetime(2026, 11, 1, 0, 20, tzinfo=UTC))
+    late = await recorded(api, quantity=70, occurredAt="2026-10-31T23:50:00Z")
+    assert late["__typename"] == "UsageRecorded"
+    assert late["usage"]["used"] == 130 and late["usage"]["included"] == 500
+    # November is free: capped at 50
+    refused = await recorded(api, quantity=51)
+    assert refused["__typename"] == "UsageLimitExceeded"
+    assert await rollup_matches_events(api.company_id)

@@ -12,6 +12,9 @@ from decimal import Decimal
 from enum import StrEnum
 
 CURRENCY = "usd"
+# One recorded event's quantity (DESIGN: 1 to 100,000).
+MIN_QUANTITY = 1
+MAX_QUANTITY = 100_000
 
 
 class EventType(StrEnum):
@@ -27,11 +30,6 @@ class Tier(StrEnum):
     STARTER = "starter"
     PROFESSIONAL = "professional"
     ENTERPRISE = "enterprise"
-
-    @property
-    def is_hard_capped(self) -> bool:
-        """Free is a hard cap; paid tiers are never blocked for volume (overage is billed)."""
-        return self is Tier.FREE
 
 
 @dataclass(frozen=True)
@@ -60,9 +58,14 @@ class Plan:
     tier: Tier
     grace_days: int  # dunning grace before a past-due company is restricted
     allowances: Mapping[EventType, Allowance]
+    hard_cap: bool = False  # usage beyond the allowance is refused (free), not billed
 
     def allowance(self, event_type: EventType) -> Allowance:
         return self.allowances[event_type]
+
+    def cap(self, event_type: EventType) -> int | None:
+        """The most a month may use of `event_type`; None = never refused for volume."""
+        return self.allowance(event_type).included if self.hard_cap else None
 
 
 DEFAULT_UNIT_PRICES: Mapping[EventType, Decimal] = {
@@ -109,6 +112,7 @@ DEFAULT_PLANS: Mapping[Tier, Plan] = {
     tier: Plan(
         tier=tier,
         grace_days=_DEFAULT_GRACE_DAYS[tier],
+        hard_cap=tier is Tier.FREE,  # paid tiers are never blocked for volume: overage is billed
         allowances={
             event_type: Allowance(included, DEFAULT_UNIT_PRICES[event_type])
             for event_type, included in _DEFAULT_INCLUDED[tier].items()

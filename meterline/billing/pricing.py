@@ -90,10 +90,3 @@ def total_overage_cost(statements: Iterable[MeterStatement]) -> Decimal:
 def to_cents(amount: Decimal) -> Decimal:
     """Rounded to the cent the way Stripe rounds a line amount (half up)."""
     return amount.quantize(CENT, rounding=ROUND_HALF_UP, context=_ROUNDING)
-
-
-def hard_cap_refusal(allowance: Allowance, used: int, requested: int) -> bool:
-    """True when a hard-capped allowance has no room for `requested` more units."""
-    if used < 0 or requested < 0:
-        raise ValueError("used and requested must be >= 0")
-    return allowance.included is not None and used + requested > allowance.included

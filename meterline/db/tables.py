@@ -26,9 +26,8 @@ from piccolo.columns.defaults.timestamptz import TimestamptzNow
 from piccolo.constraints import Check, Unique
 from piccolo.table import Table
 
+from meterline.billing.catalog import MAX_QUANTITY
 from meterline.db.engine import DB
-
-MAX_QUANTITY = 100_000
 
 
 class EventTypeRow(Table, tablename="event_types", db=DB):
@@ -39,6 +38,7 @@ class TierRow(Table, tablename="tiers", db=DB):
     name = Varchar(length=32, primary_key=True)
     position = Integer(default=0)  # display order, cheapest first
     grace_days = Integer(default=14)
+    hard_cap = Boolean(default=False)  # usage beyond the allowance is refused, not billed
 
     tiers_grace_days_non_negative = Check("grace_days >= 0")
 
@@ -79,7 +79,9 @@ class UsageEventRow(Table, tablename="usage_events", db=DB):
     sync_state = Varchar(length=16, default="local_only")
 
     usage_events_quantity_range = Check(f"quantity BETWEEN 1 AND {MAX_QUANTITY}")
-    usage_events_month_first_day = Check("EXTRACT(DAY FROM month) = 1")
+    usage_events_month_of_occurred_at = Check(
+        "month = date_trunc('month', occurred_at AT TIME ZONE 'UTC')::date"
+    )
     usage_events_sync_state_known = Check(
         "sync_state IN ('local_only', 'pending', 'sending', 'sent', 'failed', 'unknown')"
     )
@@ -87,11 +89,16 @@ class UsageEventRow(Table, tablename="usage_events", db=DB):
 
 
 class IdempotencyKeyRow(Table, tablename="idempotency_keys", db=DB):
-    """Kept apart from usage_events so that table can be partitioned by month later."""
+    """Kept apart from usage_events (and without a foreign key to it) so that table can be
+    partitioned by month later; both rows are written in one transaction."""
 
     company_id = ForeignKey(CompanyRow, on_delete=OnDelete.restrict, null=False)
     key = Varchar(length=255)
-    event_id = ForeignKey(UsageEventRow, on_delete=OnDelete.cascade, null=False)
+    event_id = UUID()
+    # What a retry is compared with (DESIGN): sha256 of event type, quantity and metadata,
+    # and occurredAt exactly as the caller gave it (NULL when it did not).
+    fingerprint = Varchar(length=64)
+    occurred_at_given = Timestamptz(null=True, default=None)
     created_at = Timestamptz(default=TimestamptzNow())
 
     idempotency_keys_unique = Unique(["company_id", "key"])
@@ -99,15 +106,24 @@ class IdempotencyKeyRow(Table, tablename="idempotency_keys", db=DB):
 
 
 class UsageRollupRow(Table, tablename="usage_rollups", db=DB):
-    """One row per (company, month, event type): always the sum of that month's events."""
+    """One row per (company, month, event type): always the sum of that month's events.
+
+    The allowance that prices the month is copied in when the row is created, so a later tier
+    change or price edit never re-prices a month that has been billed.
+    """
 
     company_id = ForeignKey(CompanyRow, on_delete=OnDelete.restrict, null=False)
     month = Date()
     event_type = ForeignKey(EventTypeRow, on_delete=OnDelete.restrict, null=False)
     used = BigInt(default=0)
+    tier = Varchar(length=32)
+    included = BigInt(null=True, default=None)  # NULL = unlimited
+    unit_price = Numeric(digits=(12, 6))
+    cap = BigInt(null=True, default=None)  # hard cap of the month (free tier); NULL = none
 
     usage_rollups_unique = Unique(["company_id", "month", "event_type"])
     usage_rollups_used_non_negative = Check("used >= 0")
+    usage_rollups_within_cap = Check("cap IS NULL OR used <= cap")
 
 
 ALL_TABLES: list[type[Table]] = [

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 import time
+from collections.abc import Mapping
 from decimal import Decimal
 
 from meterline.billing.catalog import Allowance, EventType, Plan, Tier
@@ -21,11 +21,12 @@ async def seed_reference_data(plans: Mapping[Tier, Plan]) -> None:
             )
         for position, plan in enumerate(plans.values()):
             await sql.execute(
-                "INSERT INTO tiers (name, position, grace_days) VALUES ($1, $2, $3) "
+                "INSERT INTO tiers (name, position, grace_days, hard_cap) VALUES ($1, $2, $3, $4) "
                 "ON CONFLICT DO NOTHING",
                 plan.tier.value,
                 position,
                 plan.grace_days,
+                plan.hard_cap,
             )
             for event_type, allowance in plan.allowances.items():
                 await sql.execute(
@@ -41,18 +42,23 @@ async def seed_reference_data(plans: Mapping[Tier, Plan]) -> None:
 async def load_plans() -> dict[Tier, Plan]:
     """The tiers as the database holds them now."""
     rows = await sql.fetch(
-        "SELECT t.name AS tier, t.grace_days, a.event_type, a.included, a.unit_price "
+        "SELECT t.name AS tier, t.grace_days, t.hard_cap, a.event_type, a.included, a.unit_price "
         "FROM tiers t JOIN tier_allowances a ON a.tier = t.name ORDER BY t.position"
     )
     allowances: dict[Tier, dict[EventType, Allowance]] = {}
     grace: dict[Tier, int] = {}
+    hard_cap: dict[Tier, bool] = {}
     for row in rows:
         tier = Tier(row["tier"])
         grace[tier] = row["grace_days"]
+        hard_cap[tier] = row["hard_cap"]
         allowances.setdefault(tier, {})[EventType(row["event_type"])] = Allowance(
             row["included"], Decimal(row["unit_price"])
         )
-    return {t: Plan(tier=t, grace_days=grace[t], allowances=a) for t, a in allowances.items()}
+    return {
+        t: Plan(tier=t, grace_days=grace[t], allowances=a, hard_cap=hard_cap[t])
+        for t, a in allowances.items()
+    }
 
 
 # Tiers are reference data read by every request: keep them a few seconds per process. An

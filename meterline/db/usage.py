@@ -10,11 +10,12 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
 
-from meterline.billing.catalog import EventType
+from meterline.billing.catalog import Allowance, EventType, Tier
 from meterline.db import sql
 
 _EVENT_COLUMNS = (
@@ -76,75 +77,140 @@ async def insert_event(event: NewEvent) -> StoredEvent:
     return _event(row)
 
 
-async def claim_idempotency_key(company_id: uuid.UUID, key: str, event_id: uuid.UUID) -> bool:
+@dataclass(frozen=True)
+class KeyRecord:
+    """An idempotency key, the event it recorded and what a retry is compared with."""
+
+    event: StoredEvent
+    fingerprint: str
+    occurred_at_given: datetime | None
+
+
+async def claim_idempotency_key(
+    company_id: uuid.UUID,
+    key: str,
+    event_id: uuid.UUID,
+    *,
+    fingerprint: str,
+    occurred_at_given: datetime | None,
+) -> bool:
     """True when the key is ours now. False when another event holds it: if that event's
     transaction is still open, this waits for it to end (unique index), so a concurrent
     retry never records a second event."""
     row = await sql.fetchrow(
-        "INSERT INTO idempotency_keys (company_id, key, event_id) VALUES ($1, $2, $3) "
-        "ON CONFLICT (company_id, key) DO NOTHING RETURNING event_id",
+        "INSERT INTO idempotency_keys (company_id, key, event_id, fingerprint, occurred_at_given) "
+        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (company_id, key) DO NOTHING RETURNING event_id",
         company_id,
         key,
         event_id,
+        fingerprint,
+        occurred_at_given,
     )
     return row is not None
 
 
-async def event_by_idempotency_key(company_id: uuid.UUID, key: str) -> StoredEvent | None:
+async def find_idempotency_key(company_id: uuid.UUID, key: str) -> KeyRecord | None:
+    columns = ", ".join(f"e.{c.strip()}" for c in _EVENT_COLUMNS.split(","))
     row = await sql.fetchrow(
-        f"SELECT {', '.join('e.' + c.strip() for c in _EVENT_COLUMNS.split(','))} "
-        "FROM idempotency_keys k JOIN usage_events e ON e.id = k.event_id "
+        f"SELECT {columns}, k.fingerprint, k.occurred_at_given "
+        "FROM idempotency_keys k "
+        "JOIN usage_events e ON e.company_id = k.company_id AND e.id = k.event_id "
         "WHERE k.company_id = $1 AND k.key = $2",
         company_id,
         key,
     )
-    return _event(row) if row else None
+    if row is None:
+        return None
+    return KeyRecord(_event(row), row["fingerprint"], row["occurred_at_given"])
+
+
+@dataclass(frozen=True)
+class Rollup:
+    """A month's total of one event type, with the allowance that prices that month."""
+
+    used: int
+    tier: Tier
+    allowance: Allowance
+    cap: int | None
+
+
+def _rollup(row: asyncpg.Record) -> Rollup:
+    return Rollup(
+        used=int(row["used"]),
+        tier=Tier(row["tier"]),
+        allowance=Allowance(row["included"], Decimal(row["unit_price"])),
+        cap=row["cap"],
+    )
 
 
 async def add_to_rollup(
-    company_id: uuid.UUID, month: date, event_type: EventType, quantity: int, cap: int | None
-) -> int | None:
-    """Add `quantity` to the month's rollup and return the new total; None (nothing written)
-    when the total would pass `cap`. The upsert locks the rollup row, so concurrent recordings
-    are checked one after the other against the committed total."""
+    company_id: uuid.UUID, month: date, event_type: EventType, quantity: int
+) -> Rollup | None:
+    """Add `quantity` to the month's rollup and return it; None (nothing written) when that
+    would pass the month's hard cap.
+
+    The first event of a month copies the company's current allowance (and cap) into the row;
+    later ones are checked against that copy, so the month keeps one price. The allowance is
+    read in this statement, inside the caller's transaction. The upsert locks the row, so
+    concurrent recordings are checked one after the other against the committed total.
+    """
     row = await sql.fetchrow(
-        "INSERT INTO usage_rollups (company_id, month, event_type, used) "
-        "SELECT $1, $2, $3, $4 WHERE $5::bigint IS NULL OR $4 <= $5 "
-        "ON CONFLICT (company_id, month, event_type) "
-        "DO UPDATE SET used = usage_rollups.used + EXCLUDED.used "
-        "WHERE $5::bigint IS NULL OR usage_rollups.used + EXCLUDED.used <= $5 "
-        "RETURNING used",
+        """
+        WITH plan AS (
+            SELECT t.name AS tier, a.included, a.unit_price,
+                   CASE WHEN t.hard_cap THEN a.included END AS cap
+            FROM companies c
+            JOIN tiers t ON t.name = c.tier
+            JOIN tier_allowances a ON a.tier = t.name AND a.event_type = $3
+            WHERE c.id = $1
+        )
+        INSERT INTO usage_rollups AS r
+            (company_id, month, event_type, used, tier, included, unit_price, cap)
+        SELECT $1, $2, $3, $4, plan.tier, plan.included, plan.unit_price,
+               -- past the current cap only when the month's row exists (next line): then this
+               -- row is never stored, but it must still pass the CHECK on cap to reach the
+               -- conflict, where the month's own cap decides
+               CASE WHEN $4 <= plan.cap THEN plan.cap END
+        FROM plan
+        WHERE plan.cap IS NULL OR $4 <= plan.cap
+           OR EXISTS (SELECT 1 FROM usage_rollups x
+                      WHERE x.company_id = $1 AND x.month = $2 AND x.event_type = $3)
+        ON CONFLICT (company_id, month, event_type)
+        DO UPDATE SET used = r.used + EXCLUDED.used
+        WHERE r.cap IS NULL OR r.used + EXCLUDED.used <= r.cap
+        RETURNING used, tier, included, unit_price, cap
+        """,
         company_id,
         month,
         event_type.value,
         quantity,
-        cap,
     )
-    return int(row["used"]) if row else None
+    return _rollup(row) if row else None
 
 
-async def used_in_month(company_id: uuid.UUID, month: date, event_type: EventType) -> int:
+async def rollup(company_id: uuid.UUID, month: date, event_type: EventType) -> Rollup | None:
     row = await sql.fetchrow(
-        "SELECT used FROM usage_rollups WHERE company_id = $1 AND month = $2 AND event_type = $3",
+        "SELECT used, tier, included, unit_price, cap FROM usage_rollups "
+        "WHERE company_id = $1 AND month = $2 AND event_type = $3",
         company_id,
         month,
         event_type.value,
     )
-    return int(row["used"]) if row else 0
+    return _rollup(row) if row else None
 
 
 async def rollups(
     company_id: uuid.UUID, first_month: date, last_month: date
-) -> dict[tuple[date, EventType], int]:
-    """Usage per (month, event type) for months in [first_month, last_month]."""
+) -> dict[tuple[date, EventType], Rollup]:
+    """The rollups of months in [first_month, last_month], by (month, event type)."""
     rows = await sql.fetch(
-        "SELECT month, event_type, used FROM usage_rollups "
+        "SELECT month, event_type, used, tier, included, unit_price, cap FROM usage_rollups "
         "WHERE company_id = $1 AND month BETWEEN $2 AND $3",
         company_id,
         first_month,
         last_month,
     )
-    return {(r["month"], EventType(r["event_type"])): int(r["used"]) for r in rows}
+    return {(r["month"], EventType(r["event_type"])): _rollup(r) for r in rows}
 
 
 async def first_month(company_id: uuid.UUID) -> date | None:

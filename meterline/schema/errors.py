@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from graphql import GraphQLError, GraphQLSyntaxError
 
@@ -11,6 +12,10 @@ from meterline.services.errors import MeterlineError
 logger = logging.getLogger("meterline.graphql")
 
 INTERNAL = "INTERNAL_SERVER_ERROR"
+# graphql-core's words for a value that does not fit its type (variable or literal)
+_BAD_VALUE = re.compile(
+    r"^(Variable |Expected value of type |\w+ cannot represent |Value '.*' does not exist in)"
+)
 
 
 def is_unexpected(error: GraphQLError) -> bool:
@@ -23,7 +28,9 @@ def _code(error: GraphQLError) -> str:
     original = error.original_error
     if isinstance(original, MeterlineError):
         return original.code
-    if error.message.startswith("Variable "):  # a variable that does not fit its type
+    if _BAD_VALUE.match(error.message):
+        # A value that does not fit its type, given as a variable or written in the document:
+        # the same mistake, the same code.
         return "BAD_USER_INPUT"
     if isinstance(error, GraphQLSyntaxError) or isinstance(original, GraphQLSyntaxError):
         return "GRAPHQL_PARSE_FAILED"

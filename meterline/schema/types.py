@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, cast
@@ -185,8 +185,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         moment = datetime.fromisoformat(occurred_at)
         if moment.tzinfo is None:
             raise ValueError
-        return moment, uuid.UUID(event_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        return moment.astimezone(UTC), uuid.UUID(event_id)
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError) as exc:
         raise BadUserInput("after is not a cursor this API gave out") from exc
 
 

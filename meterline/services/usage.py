@@ -6,14 +6,14 @@ so tests can move time.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from meterline.billing.catalog import EventType, Plan, Tier
+from meterline.billing.catalog import MAX_QUANTITY, MIN_QUANTITY, EventType, Tier
 from meterline.billing.dunning import BillingStatus
 from meterline.billing.periods import (
     as_utc,
@@ -29,7 +29,6 @@ from meterline.db.engine import DB
 from meterline.db.usage import NewEvent, StoredEvent
 from meterline.services.errors import BadUserInput, IdempotencyKeyReused
 
-MIN_QUANTITY, MAX_QUANTITY = 1, 100_000
 MAX_METADATA_BYTES = 4096
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 # A caller's clock a little ahead of ours is not an error: its occurredAt is floored to now.
@@ -119,41 +118,70 @@ class EventPage:
 # --- validation -----------------------------------------------------------------------------
 
 
+def _has_nul(value: Any) -> bool:
+    """PostgreSQL text and jsonb cannot hold U+0000."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def _canonical_json(value: Any) -> str:
+    """The one JSON text of a value (keys sorted); BadUserInput when JSON cannot hold it."""
+    try:
+        return json.dumps(
+            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise BadUserInput("metadata must be plain JSON (no NaN or Infinity)") from exc
+
+
 def _validated_metadata(metadata: Any) -> dict[str, Any] | None:
     if metadata is None:
         return None
     if not isinstance(metadata, dict):
         raise BadUserInput("metadata must be a JSON object")
-    encoded = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode()
-    if len(encoded) > MAX_METADATA_BYTES:
-        raise BadUserInput(
-            f"metadata is {len(encoded)} bytes; at most {MAX_METADATA_BYTES} are accepted"
-        )
+    size = len(_canonical_json(metadata).encode())
+    if size > MAX_METADATA_BYTES:
+        raise BadUserInput(f"metadata is {size} bytes; at most {MAX_METADATA_BYTES} are accepted")
+    if _has_nul(metadata):
+        raise BadUserInput("metadata may not contain the NUL character")
     return metadata
 
 
-def _validated_occurred_at(
-    occurred_at: datetime | None, now: datetime, grace_hours: int
-) -> datetime:
+def _given_occurred_at(occurred_at: datetime | None) -> datetime | None:
+    """The caller's occurredAt in UTC, as given (no flooring, no skew correction)."""
     if occurred_at is None:
-        return now
+        return None
     try:
-        moment = as_utc(occurred_at)
+        return as_utc(occurred_at)
     except ValueError as exc:
         raise BadUserInput(
             "occurredAt must carry a time zone offset, e.g. 2026-11-25T10:00:00Z"
         ) from exc
-    if moment > now:
-        if moment - now > CLOCK_SKEW:
+    except OverflowError as exc:
+        raise BadUserInput("occurredAt is out of range") from exc
+
+
+def _billable_occurred_at(given: datetime | None, now: datetime, grace_hours: int) -> datetime:
+    """When the event happened, for billing: now by default; a caller's clock a few seconds
+    ahead is floored to now; the past only as far as Stripe still bills it."""
+    if given is None:
+        return now
+    if given > now:
+        if given - now > CLOCK_SKEW:
             raise BadUserInput("occurredAt is in the future")
         return now
     window = billable_window(now, grace_hours)
-    if moment < window.earliest:
+    if given < window.earliest:
         raise BadUserInput(
-            f"occurredAt {moment.isoformat()} is in a closed period: events may date back to "
+            f"occurredAt {given.isoformat()} is in a closed period: events may date back to "
             f"{window.earliest.isoformat()} at the earliest"
         )
-    return moment
+    return given
 
 
 def _validate(request: RecordRequest) -> None:
@@ -164,15 +192,14 @@ def _validate(request: RecordRequest) -> None:
         raise BadUserInput(
             f"idempotencyKey must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters long"
         )
+    if key is not None and "\x00" in key:
+        raise BadUserInput("idempotencyKey may not contain the NUL character")
 
 
-def _same_payload(stored: StoredEvent, request: RecordRequest, metadata: Any) -> bool:
-    """DESIGN: event type, quantity, metadata, and occurredAt only when the caller gave it."""
-    if stored.event_type != request.event_type or stored.quantity != request.quantity:
-        return False
-    if stored.metadata != metadata:
-        return False
-    return request.occurred_at is None or as_utc(request.occurred_at) == stored.occurred_at
+def _fingerprint(event_type: EventType, quantity: int, metadata: dict[str, Any] | None) -> str:
+    """What identifies a request's payload for its idempotency key (occurredAt aside)."""
+    canonical = _canonical_json([event_type.value, quantity, metadata])
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 # --- recording ------------------------------------------------------------------------------
@@ -191,87 +218,130 @@ async def record_usage(
 ) -> RecordOutcome:
     _validate(request)
     metadata = _validated_metadata(request.metadata)
-    occurred_at = _validated_occurred_at(request.occurred_at, now, late_grace_hours)
-    month = month_of(occurred_at)
+    given = _given_occurred_at(request.occurred_at)
+    fingerprint = _fingerprint(request.event_type, request.quantity, metadata)
+    key = request.idempotency_key
 
+    # A retry is answered from its key before anything else is checked: the first request was
+    # recorded (and will be billed), so a retry must not be told "do not send" because the
+    # period closed or the company was restricted in between.
+    if key is not None and (replay := await _replay(company_id, key, fingerprint, given)):
+        return replay
+
+    occurred_at = _billable_occurred_at(given, now, late_grace_hours)
     company = await companies.get_or_create(company_id)
     if company.dunning.status(now) is BillingStatus.RESTRICTED:
         return PaymentRequired(grace_ended_at=company.dunning.grace_ends_at or now)
 
-    plan = (await tiers.cached_plans())[company.tier]
-    allowance = plan.allowance(request.event_type)
-    cap = allowance.included if company.tier.is_hard_capped else None
     new_event = NewEvent(
         id=uuid.uuid4(),
         company_id=company_id,
         event_type=request.event_type,
         quantity=request.quantity,
         occurred_at=occurred_at,
-        month=month,
-        idempotency_key=request.idempotency_key,
+        month=month_of(occurred_at),
+        idempotency_key=key,
         metadata=metadata,
         sync_state="pending" if company.stripe_customer_id else "local_only",
     )
     try:
-        event, used = await _write(new_event, cap)
-    except _KeyTaken:
-        return await _replay(company, plan, request, metadata)
+        event, total = await _write(new_event, fingerprint, given)
+    except _KeyTaken:  # a concurrent request with this key committed first
+        assert key is not None
+        replay = await _replay(company_id, key, fingerprint, given)
+        if replay is None:  # its holder is gone (cannot happen while keys are never deleted)
+            raise IdempotencyKeyReused(
+                "idempotencyKey is in use by another request; retry"
+            ) from None
+        return replay
     except _CapReached:
-        used_now = await usage.used_in_month(company_id, month, request.event_type)
-        assert cap is not None
-        return LimitExceeded(request.event_type, cap, used_now, request.quantity)
-    return Recorded(event, price_meter(request.event_type, used, allowance), duplicate=False)
+        return await _limit_exceeded(company, new_event)
+    return Recorded(event, _statement(event.event_type, total), duplicate=False)
 
 
-async def _write(new_event: NewEvent, cap: int | None) -> tuple[StoredEvent, int]:
+async def _write(
+    new_event: NewEvent, fingerprint: str, occurred_at_given: datetime | None
+) -> tuple[StoredEvent, usage.Rollup]:
     """The event, its idempotency key and the rollup: one transaction, all or nothing."""
     async with DB.transaction():
         event = await usage.insert_event(new_event)
         key = new_event.idempotency_key
         if key is not None and not await usage.claim_idempotency_key(
-            new_event.company_id, key, event.id
+            new_event.company_id,
+            key,
+            event.id,
+            fingerprint=fingerprint,
+            occurred_at_given=occurred_at_given,
         ):
             raise _KeyTaken
-        used = await usage.add_to_rollup(
-            new_event.company_id, new_event.month, new_event.event_type, new_event.quantity, cap
+        total = await usage.add_to_rollup(
+            new_event.company_id, new_event.month, new_event.event_type, new_event.quantity
         )
-        if used is None:
+        if total is None:
             raise _CapReached
-        written = (event, used)
+        written = (event, total)
     return written
 
 
-async def _replay(company: Company, plan: Plan, request: RecordRequest, metadata: Any) -> Recorded:
-    assert request.idempotency_key is not None
-    original = await usage.event_by_idempotency_key(company.id, request.idempotency_key)
-    if original is None:  # the holder rolled back between our conflict and this read
-        raise IdempotencyKeyReused("idempotencyKey is being used by a request that failed; retry")
-    if not _same_payload(original, request, metadata):
+async def _replay(
+    company_id: uuid.UUID, key: str, fingerprint: str, occurred_at_given: datetime | None
+) -> Recorded | None:
+    """The first event recorded with `key`, if any; IdempotencyKeyReused if the payload differs.
+    DESIGN: event type, quantity and metadata are compared, occurredAt only when given."""
+    record = await usage.find_idempotency_key(company_id, key)
+    if record is None:
+        return None
+    original = record.event
+    same = record.fingerprint == fingerprint and (
+        occurred_at_given is None
+        or occurred_at_given == (record.occurred_at_given or original.occurred_at)
+    )
+    if not same:
         raise IdempotencyKeyReused(
             "idempotencyKey was already used for a different event (type, quantity, metadata "
             "or occurredAt differ)"
         )
-    used = await usage.used_in_month(company.id, original.month, original.event_type)
-    statement = price_meter(original.event_type, used, plan.allowance(original.event_type))
-    return Recorded(original, statement, duplicate=True)
+    total = await usage.rollup(company_id, original.month, original.event_type)
+    assert total is not None  # written in the same transaction as the event
+    return Recorded(original, _statement(original.event_type, total), duplicate=True)
+
+
+async def _limit_exceeded(company: Company, refused: NewEvent) -> LimitExceeded:
+    total = await usage.rollup(company.id, refused.month, refused.event_type)
+    if total is not None and total.cap is not None:
+        cap, used = total.cap, total.used
+    else:  # no row yet: refused by the current tier's cap
+        plan = (await tiers.cached_plans())[company.tier]
+        cap, used = plan.cap(refused.event_type) or 0, total.used if total else 0
+    return LimitExceeded(refused.event_type, cap, used, refused.quantity)
 
 
 # --- reads ----------------------------------------------------------------------------------
 
 
-def _statements(plan: Plan, used: Mapping[EventType, int]) -> list[MeterStatement]:
-    return [price_meter(t, used.get(t, 0), plan.allowance(t)) for t in EventType]
+def _statement(event_type: EventType, total: usage.Rollup) -> MeterStatement:
+    return price_meter(event_type, total.used, total.allowance)
 
 
 async def _month_summaries(company: Company, months: list[date]) -> list[MonthSummary]:
+    """Each month priced by the allowances copied into its rollups; an event type without a
+    rollup that month shows the allowance of the month's tier (the company's, if none)."""
     if not months:
         return []
-    plan = (await tiers.cached_plans())[company.tier]
+    plans = await tiers.cached_plans()
     totals = await usage.rollups(company.id, min(months), max(months))
-    return [
-        MonthSummary(m, _statements(plan, {t: totals.get((m, t), 0) for t in EventType}))
-        for m in months
-    ]
+    summaries = []
+    for month in months:
+        month_rollups = {t: r for (m, t), r in totals.items() if m == month}
+        tier = next(iter(month_rollups.values())).tier if month_rollups else company.tier
+        meters = [
+            _statement(t, month_rollups[t])
+            if t in month_rollups
+            else price_meter(t, 0, plans[tier].allowance(t))
+            for t in EventType
+        ]
+        summaries.append(MonthSummary(month, meters))
+    return summaries
 
 
 async def current_usage(company: Company, now: datetime) -> list[MeterStatement]:

@@ -26,5 +26,4 @@ STATEMENTS = [
     "ON usage_events (company_id, occurred_at DESC, id DESC)",
     "CREATE INDEX IF NOT EXISTS usage_events_company_month_type "
     "ON usage_events (company_id, month, event_type)",
-    "CREATE INDEX IF NOT EXISTS idempotency_keys_event ON idempotency_keys (event_id)",
 ]
