@@ -103,7 +103,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         settings = replace(settings, database_url=start_embedded(settings.embedded_data_dir))
     _migrate_only(settings)
     base = f"http://{settings.host}:{settings.port}"
-    if args.demo:
+    if args.demo and not settings.is_development:
+        print("--demo is ignored in production: no demo data in a real database.")
+    elif args.demo:
         now = datetime.now(UTC)
         seeded = asyncio.run(
             _with_database(
@@ -178,9 +180,14 @@ def cmd_company(args: argparse.Namespace) -> None:
         elif args.action == "set-tier":
             company = await companies.set_tier(company_id, Tier(args.tier))
         elif args.action == "set-stripe":
-            company = await companies.set_stripe_ids(
-                company_id, customer_id=args.customer, subscription_id=args.subscription
-            )
+            if args.customer is None and args.subscription is None:
+                raise SystemExit("meterline: give --customer and/or --subscription")
+            try:
+                company = await companies.set_stripe_ids(
+                    company_id, customer_id=args.customer, subscription_id=args.subscription
+                )
+            except companies.CustomerTaken as exc:
+                raise SystemExit(f"meterline: {exc}") from exc
         elif args.action == "clear-dunning":
             company = await companies.clear_dunning(company_id)
         else:  # pragma: no cover - argparse restricts choices

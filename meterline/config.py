@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 Environment = Literal["production", "development"]
+# Roles a user token may carry (or alias to). "service" belongs to service tokens only.
+USER_ROLES = ("super_admin", "company_admin", "staff")
 
 
 class ConfigError(ValueError):
@@ -44,6 +46,7 @@ class Settings:
     service_jwt_secret: str | None = None
     jwt_secret: str | None = None  # development user tokens only
     jwt_leeway_seconds: int = 5
+    role_aliases: Mapping[str, str] = field(default_factory=dict)  # token role -> built-in role
     # Stripe (used by later issues; recording never calls Stripe)
     stripe_secret_key: str | None = None
     stripe_api_base: str | None = None
@@ -73,6 +76,18 @@ class Settings:
         parties = tuple(
             p.strip() for p in (_opt(env, "CLERK_AUTHORIZED_PARTIES") or "").split(",") if p.strip()
         )
+        aliases = {}
+        for pair in (_opt(env, "ROLE_ALIASES") or "").split(","):
+            if not pair.strip():
+                continue
+            alias, sep, role = (p.strip() for p in pair.partition("="))
+            if not sep or not alias or not role:
+                raise ConfigError(f"ROLE_ALIASES entries are alias=role, got {pair!r}")
+            if role not in USER_ROLES:
+                raise ConfigError(
+                    f"ROLE_ALIASES maps {alias!r} to {role!r}: not one of {USER_ROLES}"
+                )
+            aliases[alias] = role
         pool_min = _int(env, "DB_POOL_MIN_SIZE", 1, minimum=1)
         pool_max = _int(env, "DB_POOL_MAX_SIZE", 20, minimum=1)
         if pool_min > pool_max:
@@ -87,6 +102,7 @@ class Settings:
             service_jwt_secret=_opt(env, "SERVICE_JWT_SECRET"),
             jwt_secret=_opt(env, "JWT_SECRET"),
             jwt_leeway_seconds=_int(env, "JWT_LEEWAY_SECONDS", 5),
+            role_aliases=aliases,
             stripe_secret_key=_opt(env, "STRIPE_SECRET_KEY"),
             stripe_api_base=_opt(env, "STRIPE_API_BASE"),
             stripe_webhook_secret=_opt(env, "STRIPE_WEBHOOK_SECRET"),

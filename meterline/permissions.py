@@ -1,7 +1,12 @@
-"""Who may do what: DESIGN's role table as data. Change it here, not in resolvers."""
+"""Who may do what: DESIGN's role table as data. Change it here, not in resolvers.
+
+An organisation whose Clerk roles have other names maps them onto these with ROLE_ALIASES,
+e.g. `owner=company_admin,viewer=staff`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 
 
@@ -20,5 +25,11 @@ ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
 }
 
 
-def allows(role: str | None, permission: Permission) -> bool:
-    return role is not None and permission in ROLE_PERMISSIONS.get(role, frozenset())
+def allows(
+    role: str | None, permission: Permission, aliases: Mapping[str, str] | None = None
+) -> bool:
+    """Whether `role` (a built-in role, or an alias of one from ROLE_ALIASES) may do it."""
+    if role is None:
+        return False
+    role = (aliases or {}).get(role, role)
+    return permission in ROLE_PERMISSIONS.get(role, frozenset())

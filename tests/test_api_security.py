@@ -1147,3 +1147,20 @@ async def test_metrics_open_in_development_without_token(api: Api) -> None:
     response = await api.client.get("/metrics")
     assert response.status_code == 200
     assert "meterline_" in response.text
+
+
+async def test_role_aliases_from_settings(database_url: str) -> None:
+    from meterline.app import create_app
+    from tests.conftest import Clock, base_settings, client_for, make_token
+
+    settings = base_settings(database_url=database_url, role_aliases={"owner": "company_admin"})
+    app = create_app(settings, clock=Clock(), manage_database=False)
+    company = uuid.uuid4()
+    mutation = "mutation { recordUsage(input: {eventType: GUEST_INVITATION}) { __typename } }"
+    async with client_for(app) as client:
+        response = await client.post(
+            "/graphql",
+            json={"query": mutation},
+            headers={"Authorization": f"Bearer {make_token(company, 'owner')}"},
+        )
+    assert response.json() == {"data": {"recordUsage": {"__typename": "UsageRecorded"}}}

@@ -448,10 +448,18 @@ def test_cost_does_not_depend_on_ambient_decimal_context() -> None:
         assert str(st.overage_cost) == "123456.78"
 
 
-def test_custom_price_with_more_decimals() -> None:
+def test_custom_price_with_more_decimals_rounds_the_line_not_the_unit() -> None:
     st = price_meter(A, 10, Allowance(3, Decimal("0.333")))
     assert st.overage_quantity == 7
-    assert str(st.overage_cost) == "2.331"
+    assert str(st.overage_cost) == "2.33"  # 7 x 0.333 = 2.331, one line rounded to the cent
+    half = price_meter(A, 1, Allowance(0, Decimal("0.005")))
+    assert str(half.overage_cost) == "0.01"  # half up, as to_cents
+    lines = [
+        price_meter(A, 1, Allowance(0, Decimal("0.004"))),
+        price_meter(A, 1, Allowance(0, Decimal("0.004"))),
+    ]
+    # each line is 0.00 on the invoice, so the month is 0.00, not 0.008 rounded to 0.01
+    assert total_overage_cost(lines) == Decimal("0.00")
 
 
 @pytest.mark.parametrize(

@@ -145,3 +145,22 @@ async def test_demo_seed_is_consistent_and_runs_once(database_url: str) -> None:
     used = {m.event_type: m.used for m in await current_usage(company, now)}
     assert used == dict(DEMO_USAGE)
     assert await rollup_matches_events(DEMO_COMPANY_ID)
+
+
+async def test_set_stripe_changes_only_what_is_given_and_refuses_a_taken_customer(
+    database_url: str,
+) -> None:
+    env = {"DATABASE_URL": database_url}
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    customer = f"cus_{first[:12]}"
+    for company in (first, second):
+        assert meterline("company", "create", company, env=env).returncode == 0
+    assert (
+        meterline("company", "set-stripe", first, "--customer", customer, env=env).returncode == 0
+    )
+    result = meterline("company", "set-stripe", first, "--subscription", "sub_1", env=env)
+    assert f"customer={customer}" in result.stdout and "subscription=sub_1" in result.stdout
+    taken = meterline("company", "set-stripe", second, "--customer", customer, env=env)
+    assert taken.returncode != 0 and "another company" in taken.stderr
+    stored = await companies.get(uuid.UUID(second))
+    assert stored is not None and stored.stripe_customer_id is None

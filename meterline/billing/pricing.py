@@ -54,7 +54,9 @@ def _percent(used: int, included: int) -> float:
 
 
 def price_meter(event_type: EventType, used: int, allowance: Allowance) -> MeterStatement:
-    """cost = max(0, used - included) x unit price; unlimited allowances never overage."""
+    """cost = max(0, used - included) x unit price, rounded to the cent as Stripe rounds an
+    invoice line (exact for whole-cent prices; sub-cent prices round per line, not per unit).
+    Unlimited allowances never overage."""
     if used < 0:
         raise ValueError("used must be >= 0")
     included = allowance.included
@@ -75,12 +77,13 @@ def price_meter(event_type: EventType, used: int, allowance: Allowance) -> Meter
         exceeded=overage > 0,
         overage_quantity=overage,
         unit_price=allowance.unit_price,
-        overage_cost=_EXACT.multiply(Decimal(overage), allowance.unit_price),
+        overage_cost=to_cents(_EXACT.multiply(Decimal(overage), allowance.unit_price)),
     )
 
 
 def total_overage_cost(statements: Iterable[MeterStatement]) -> Decimal:
-    """The month's metered subtotal. Exact: each line is quantity x price, no rounding."""
+    """The month's metered subtotal: the sum of the lines, each already in cents (what Stripe's
+    invoice adds up), so no rounding happens here."""
     total = Decimal(0)
     for statement in statements:
         total = _EXACT.add(total, statement.overage_cost)

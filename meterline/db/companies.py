@@ -72,16 +72,25 @@ async def set_tier(company_id: uuid.UUID, tier: Tier) -> Company | None:
     return _company(row) if row else None
 
 
+class CustomerTaken(Exception):
+    """The Stripe customer is already linked to another company."""
+
+
 async def set_stripe_ids(
-    company_id: uuid.UUID, *, customer_id: str | None, subscription_id: str | None
+    company_id: uuid.UUID, *, customer_id: str | None = None, subscription_id: str | None = None
 ) -> Company | None:
-    row = await sql.fetchrow(
-        f"UPDATE companies SET stripe_customer_id = $2, stripe_subscription_id = $3 "
-        f"WHERE id = $1 RETURNING {_COLUMNS}",
-        company_id,
-        customer_id,
-        subscription_id,
-    )
+    """Set the ids given (None leaves one as it is). A customer belongs to one company only."""
+    try:
+        row = await sql.fetchrow(
+            f"UPDATE companies SET stripe_customer_id = COALESCE($2, stripe_customer_id), "
+            f"stripe_subscription_id = COALESCE($3, stripe_subscription_id) "
+            f"WHERE id = $1 RETURNING {_COLUMNS}",
+            company_id,
+            customer_id,
+            subscription_id,
+        )
+    except asyncpg.UniqueViolationError as exc:
+        raise CustomerTaken(f"customer {customer_id} is linked to another company") from exc
     return _company(row) if row else None
 
 

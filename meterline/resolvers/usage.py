@@ -22,10 +22,7 @@ from meterline.schema.types import (
     record_result,
 )
 from meterline.services import usage
-from meterline.services.errors import BadUserInput
 from meterline.services.usage import outcome_label
-
-MAX_PAGE_SIZE = 100
 
 Info = strawberry.Info[Context, None]
 
@@ -66,12 +63,9 @@ async def usage_events(
 ) -> UsageEventConnection:
     ctx = info.context
     company = await ctx.company(Permission.READ_USAGE)
-    first = 50 if first is None else first
-    if not 1 <= first <= MAX_PAGE_SIZE:
-        raise BadUserInput(f"first must be between 1 and {MAX_PAGE_SIZE}")
     page = await usage.list_events(
         company,
-        first=first,
+        first=50 if first is None else first,
         after=decode_cursor(after) if after is not None else None,
         event_type=EventType(event_type) if event_type is not None else None,
         month=month_argument(month) if month is not None else None,

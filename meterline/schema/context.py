@@ -11,9 +11,9 @@ from strawberry.litestar import BaseContext
 
 from meterline.auth import Principal
 from meterline.config import Settings
-from meterline.db import companies
 from meterline.db.companies import Company
 from meterline.permissions import Permission, allows
+from meterline.services import usage
 from meterline.services.errors import Forbidden
 
 
@@ -35,12 +35,12 @@ class Context(BaseContext, kw_only=True):
         company_id = self.principal.company_id
         if company_id is None:
             raise Forbidden("This token names no company.")
-        if not allows(self.principal.role, permission):
+        if not allows(self.principal.role, permission, self.settings.role_aliases):
             raise Forbidden(f"Role {self.principal.role!r} may not do this.")
         return company_id
 
     async def company(self, permission: Permission) -> Company:
         company_id = self.authorize(permission)
         if self.company_task is None:
-            self.company_task = asyncio.ensure_future(companies.get_or_create(company_id))
+            self.company_task = asyncio.ensure_future(usage.company(company_id))
         return await asyncio.shield(self.company_task)

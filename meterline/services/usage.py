@@ -34,6 +34,7 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 255
 # A caller's clock a little ahead of ours is not an error: its occurredAt is floored to now.
 CLOCK_SKEW = timedelta(seconds=5)
 MAX_HISTORY_MONTHS = 24
+MAX_PAGE_SIZE = 100
 
 
 @dataclass(frozen=True)
@@ -319,6 +320,11 @@ async def _limit_exceeded(company: Company, refused: NewEvent) -> LimitExceeded:
 # --- reads ----------------------------------------------------------------------------------
 
 
+async def company(company_id: uuid.UUID) -> Company:
+    """The caller's company; the first request that names it creates it on the free tier."""
+    return await companies.get_or_create(company_id)
+
+
 def _statement(event_type: EventType, total: usage.Rollup) -> MeterStatement:
     return price_meter(event_type, total.used, total.allowance)
 
@@ -386,6 +392,8 @@ async def list_events(
     event_type: EventType | None,
     month: date | None,
 ) -> EventPage:
+    if not 1 <= first <= MAX_PAGE_SIZE:
+        raise BadUserInput(f"first must be between 1 and {MAX_PAGE_SIZE}")
     rows = await usage.list_events(
         company.id, limit=first + 1, after=after, event_type=event_type, month=month
     )
