@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from meterline.billing.catalog import Tier
+from meterline.billing.catalog import EventType, Tier
 from meterline.billing.dunning import Dunning
 from meterline.db import companies, sql
 from tests.conftest import Api, rollup_matches_events
@@ -188,21 +188,32 @@ async def test_offset_is_converted_to_utc_before_choosing_the_month(api: Api) ->
     ] == 5
 
 
-async def test_session_time_zone_changes_nothing(api: Api, database_url: str) -> None:
-    """The month comes from billing/, never from the database session's zone."""
-    import asyncpg
+async def test_session_time_zone_changes_nothing(api: Api) -> None:
+    """The month comes from billing/, never from the database session's zone: record through
+    the service on a connection whose session runs at UTC+14 (already December 1st there)."""
+    from meterline.db.engine import DB
+    from meterline.services import usage as usage_service
 
-    api.clock.set(datetime(2026, 12, 1, 0, 20, tzinfo=UTC))
-    await recorded(api, occurredAt="2026-11-30T23:30:00Z", quantity=3)
-    connection = await asyncpg.connect(database_url)
-    try:
-        await connection.execute("SET TIME ZONE 'Pacific/Kiritimati'")  # UTC+14
-        month = await connection.fetchval(
-            "SELECT month FROM usage_events WHERE company_id = $1", api.company_id
+    now = datetime(2026, 12, 1, 0, 20, tzinfo=UTC)  # 14:20 on Dec 1 at UTC+14
+    async with DB.transaction():
+        await sql.execute("SET LOCAL TIME ZONE 'Pacific/Kiritimati'")
+        zone = await sql.fetchrow("SELECT current_setting('TimeZone') AS tz")
+        assert zone is not None and zone["tz"] == "Pacific/Kiritimati"
+        outcome = await usage_service.record_usage(
+            api.company_id,
+            usage_service.RecordRequest(
+                event_type=EventType.GUEST_INVITATION,
+                quantity=3,
+                occurred_at=datetime(2026, 11, 30, 23, 30, tzinfo=UTC),
+            ),
+            now=now,
+            late_grace_hours=1,
         )
-    finally:
-        await connection.close()
-    assert month.isoformat() == "2026-11-01"
+    assert isinstance(outcome, usage_service.Recorded)
+    assert outcome.event.month.isoformat() == "2026-11-01"
+    api.clock.set(now)
+    data = await api.data('{ monthlySummary(month: "2026-11") { meters { eventType used } } }')
+    assert data["monthlySummary"]["meters"][0] == {"eventType": "GUEST_INVITATION", "used": 3}
 
 
 async def test_late_usage_grace_window(api: Api) -> None:
