@@ -7,21 +7,16 @@ Every test uses companies of its own (random UUIDs carried by the tokens).
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from litestar.exceptions import WebSocketDisconnect
 from litestar.testing import TestClient
@@ -37,6 +32,7 @@ from tests.conftest import (
     make_token,
     service_token,
 )
+from tests.tokens import Keys, b64url, handmade, make_keys, unb64url
 
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 
@@ -81,40 +77,9 @@ def current_month() -> str:
 # ------------------------------------------------------------------------------ token helpers
 
 
-@dataclass(frozen=True)
-class Keys:
-    private: rsa.RSAPrivateKey
-    public_pem: str
-    other_private: rsa.RSAPrivateKey
-
-
 @pytest.fixture(scope="module")
 def keys() -> Keys:
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = (
-        private.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-    return Keys(private=private, public_pem=pem, other_private=other)
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def unb64url(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def handmade(header: dict[str, Any], payload: dict[str, Any], secret: bytes | None) -> str:
-    """A JWS built by hand, for tokens PyJWT refuses to sign (alg none, a PEM as HMAC secret)."""
-    signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(payload).encode())}"
-    if secret is None:
-        return signing_input + "."
-    digest = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{b64url(digest)}"
+    return make_keys()
 
 
 def with_payload(token: str, **changes: Any) -> str:

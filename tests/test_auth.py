@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import json
 import threading
 import time
@@ -18,7 +15,6 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from meterline.auth import (
@@ -31,6 +27,7 @@ from meterline.auth import (
     mint_service_token,
 )
 from meterline.config import Settings
+from tests.tokens import Keys, b64url, handmade, make_keys
 
 SERVICE_SECRET = "service-secret-" + "s" * 40
 DEV_SECRET = "development-secret-" + "d" * 40
@@ -38,23 +35,9 @@ ISSUER = "https://clerk.example.test"
 COMPANY = uuid.UUID("8f4e2c1a-3b5d-4e6f-9a7b-1c2d3e4f5a6b")
 
 
-@dataclass(frozen=True)
-class Keys:
-    private: rsa.RSAPrivateKey
-    public_pem: str
-    other_private: rsa.RSAPrivateKey
-
-
 @pytest.fixture(scope="module")
 def keys() -> Keys:
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = (
-        private.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-    return Keys(private=private, public_pem=pem, other_private=other)
+    return make_keys()
 
 
 def settings(keys: Keys | None = None, **overrides: Any) -> Settings:
@@ -84,19 +67,6 @@ def claims(**overrides: Any) -> dict[str, Any]:
 def rs256(private: rsa.RSAPrivateKey, payload: dict[str, Any], kid: str | None = None) -> str:
     headers = {"kid": kid} if kid else None
     return jwt.encode(payload, private, algorithm="RS256", headers=headers)
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def handmade(header: dict[str, Any], payload: dict[str, Any], secret: bytes | None) -> str:
-    """A JWS built by hand, to produce tokens PyJWT refuses to sign (alg none, PEM secret)."""
-    signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(payload).encode())}"
-    if secret is None:
-        return signing_input + "."
-    digest = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{b64url(digest)}"
 
 
 async def refused(verifier: TokenVerifier, token: str, reason: str | None = None) -> str:
