@@ -499,7 +499,7 @@ async def test_an_operators_price_edit_prices_new_months_only(api: Api) -> None:
         "UPDATE tier_allowances SET unit_price = 0.30 "
         "WHERE tier = 'professional' AND event_type = 'ai_query'"
     )
-    tiers.PLANS_MAX_AGE, saved = 0.0, tiers.PLANS_MAX_AGE
+    tiers.forget_cached_plans()
     try:
         await recorded(api, eventType="AI_QUERY", quantity=1)
         data = await api.data("{ monthlySummary { totalOverageCost { amount } } }")
@@ -509,11 +509,11 @@ async def test_an_operators_price_edit_prices_new_months_only(api: Api) -> None:
         data = await api.data("{ monthlySummary { totalOverageCost { amount } } }")
         assert data["monthlySummary"]["totalOverageCost"]["amount"] == "0.30"  # 1 x 0.30
     finally:
-        tiers.PLANS_MAX_AGE = saved
         await sql.execute(
             "UPDATE tier_allowances SET unit_price = 0.20 "
             "WHERE tier = 'professional' AND event_type = 'ai_query'"
         )
+        tiers.forget_cached_plans()
 
 
 async def test_late_events_of_a_paid_month_are_not_capped_by_a_free_tier(api: Api) -> None:

@@ -73,3 +73,9 @@ async def cached_plans() -> dict[Tier, Plan]:
     if _cached is None or now - _cached[0] > PLANS_MAX_AGE:
         _cached = (now, await load_plans())
     return _cached[1]
+
+
+def forget_cached_plans() -> None:
+    """The next read loads the tiers afresh (after an edit made by this process)."""
+    global _cached
+    _cached = None
