@@ -34,6 +34,7 @@ from meterline.auth import (
 from meterline.config import Settings
 from meterline.db import engine
 from meterline.db.embedded import resolve_database_url
+from meterline.jobs.cron import sync_route
 from meterline.log import request_id_var
 from meterline.schema import build_schema
 from meterline.schema.context import Context
@@ -194,7 +195,13 @@ def create_app(
         return Response({"status_code": 500, "detail": "Internal server error"}, status_code=500)
 
     return Litestar(
-        route_handlers=[GraphQLController, healthz, readyz, MetricsController],
+        route_handlers=[
+            GraphQLController,
+            healthz,
+            readyz,
+            MetricsController,
+            sync_route(settings, clock),
+        ],
         middleware=[request_id_middleware, prometheus.middleware],
         lifespan=[database],
         exception_handlers={Exception: log_unhandled},

@@ -223,6 +223,66 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"demo company {DEMO_COMPANY_ID} {'seeded' if seeded else 'already exists'}")
 
 
+def cmd_sync_usage(args: argparse.Namespace) -> None:
+    import json
+
+    from meterline.billing.periods import month_of
+    from meterline.db import batches
+    from meterline.jobs.sync import SyncJob
+    from meterline.jobs.telemetry import publish
+    from meterline.log import configure_logging
+    from meterline.stripe_gateway.client import StripeNotConfigured, make_client
+
+    configure_logging()
+    settings = _settings()
+
+    async def work() -> None:
+        now = datetime.now(UTC)
+        if args.redrive:
+            try:
+                count = await batches.redrive(_batch_id(args.redrive), now=now)
+            except batches.NotRedrivable as exc:
+                raise SystemExit(f"meterline: {exc}") from exc
+            print(f"{count} events of batch {args.redrive} are pending again (a new batch)")
+            return
+        if args.status:
+            status = await batches.status(current_month=month_of(now), problem_limit=50)
+            print("batches:", json.dumps(status.batches_by_state, sort_keys=True))
+            oldest = status.oldest_pending
+            print(
+                f"events not yet in Stripe: {status.pending_events}"
+                + (f" (oldest {oldest.isoformat()})" if oldest else "")
+            )
+            if status.pending_before:
+                print(f"ALERT: {status.pending_before} of them belong to a closed month")
+            for batch in status.problems:
+                print(
+                    f"{batch.state:8} {batch.identifier}  {batch.stripe_customer_id} "
+                    f"{batch.event_name} {batch.month:%Y-%m} value={batch.value} "
+                    f"attempts={batch.attempts}: {batch.last_error or ''}"
+                )
+            return
+        try:
+            client = make_client(settings)
+        except StripeNotConfigured as exc:
+            raise SystemExit(f"meterline: {exc}") from exc
+        budget = timedelta(seconds=args.budget or settings.sync_budget_seconds)
+        report = await SyncJob(client=client, budget=budget).run()
+        await publish(
+            report, now=datetime.now(UTC), late_grace_hours=settings.late_usage_grace_hours
+        )
+        print(json.dumps(report.as_dict()))
+
+    asyncio.run(_with_database(settings, work))
+
+
+def _batch_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text.removeprefix("mlb_"))
+    except ValueError as exc:
+        raise SystemExit(f"meterline: {text!r} is not a batch id") from exc
+
+
 def cmd_schema(args: argparse.Namespace) -> None:
     from meterline.schema import build_schema
 
@@ -266,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     set_stripe.add_argument("--customer")
     set_stripe.add_argument("--subscription")
     company.set_defaults(func=cmd_company)
+
+    sync = commands.add_parser("sync-usage", help="send pending usage to Stripe (one run)")
+    sync.add_argument("--status", action="store_true", help="what did not sync, and why")
+    sync.add_argument("--redrive", metavar="BATCH", help="re-send a failed batch's events")
+    sync.add_argument("--budget", type=int, metavar="SECONDS", help="time budget of the run")
+    sync.set_defaults(func=cmd_sync_usage)
 
     commands.add_parser("demo", help="seed the demo company").set_defaults(func=cmd_demo)
     commands.add_parser("schema", help="print the GraphQL SDL").set_defaults(func=cmd_schema)

@@ -53,6 +53,7 @@ class Settings:
     stripe_webhook_secret: str | None = None
     stripe_thin_webhook_secret: str | None = None
     cron_secret: str | None = None
+    sync_budget_seconds: int = 25  # how long one /cron/sync-usage call may work
     # Operations
     metrics_token: str | None = None
     late_usage_grace_hours: int = 1
@@ -108,6 +109,7 @@ class Settings:
             stripe_webhook_secret=_opt(env, "STRIPE_WEBHOOK_SECRET"),
             stripe_thin_webhook_secret=_opt(env, "STRIPE_THIN_WEBHOOK_SECRET"),
             cron_secret=_opt(env, "CRON_SECRET"),
+            sync_budget_seconds=_int(env, "SYNC_BUDGET_SECONDS", 25, minimum=1),
             metrics_token=_opt(env, "METRICS_TOKEN"),
             late_usage_grace_hours=_int(env, "LATE_USAGE_GRACE_HOURS", 1),
             host=_opt(env, "HOST") or "127.0.0.1",

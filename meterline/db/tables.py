@@ -77,6 +77,7 @@ class UsageEventRow(Table, tablename="usage_events", db=DB):
     idempotency_key = Varchar(length=255, null=True, default=None)
     metadata = JSONB(null=True, default=None)
     sync_state = Varchar(length=16, default="local_only")
+    batch_id = UUID(null=True, default=None)  # the usage batch that carries it to Stripe
 
     usage_events_quantity_range = Check(f"quantity BETWEEN 1 AND {MAX_QUANTITY}")
     usage_events_month_of_occurred_at = Check(
@@ -126,6 +127,30 @@ class UsageRollupRow(Table, tablename="usage_rollups", db=DB):
     usage_rollups_within_cap = Check("cap IS NULL OR used <= cap")
 
 
+class UsageBatchRow(Table, tablename="usage_batches", db=DB):
+    """What is sent to Stripe as one meter event: the pending events of one (company, event
+    type, month), stored before the call so a re-send is the same request (same identifier)."""
+
+    id = UUID(primary_key=True, default=uuid.uuid4)  # also the meter event identifier
+    company_id = ForeignKey(CompanyRow, on_delete=OnDelete.restrict, null=False)
+    stripe_customer_id = Varchar(length=255)
+    event_type = ForeignKey(EventTypeRow, on_delete=OnDelete.restrict, null=False)
+    event_name = Varchar(length=100)
+    month = Date()
+    value = BigInt()
+    timestamp = Timestamptz()  # the latest member's occurred_at, floored to seconds
+    state = Varchar(length=16, default="sending")
+    attempts = Integer(default=0)
+    lease_until = Timestamptz()  # due (again) when this passes: a crash, or the next retry
+    created_at = Timestamptz(default=TimestamptzNow())
+    sent_at = Timestamptz(null=True, default=None)
+    last_error = Varchar(length=1000, null=True, default=None)
+    redriven_at = Timestamptz(null=True, default=None)
+
+    usage_batches_state_known = Check("state IN ('sending', 'sent', 'failed', 'unknown')")
+    usage_batches_value_positive = Check("value > 0")
+
+
 ALL_TABLES: list[type[Table]] = [
     EventTypeRow,
     TierRow,
@@ -134,4 +159,5 @@ ALL_TABLES: list[type[Table]] = [
     UsageEventRow,
     IdempotencyKeyRow,
     UsageRollupRow,
+    UsageBatchRow,
 ]

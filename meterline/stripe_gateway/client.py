@@ -15,7 +15,9 @@ class StripeNotConfigured(RuntimeError):
     """STRIPE_SECRET_KEY is unset: usage is recorded locally and nothing is sent."""
 
 
-def make_client(settings: Settings, *, timeout: float = REQUEST_TIMEOUT_SECONDS) -> stripe.StripeClient:
+def make_client(
+    settings: Settings, *, timeout: float = REQUEST_TIMEOUT_SECONDS
+) -> stripe.StripeClient:
     if not settings.stripe_secret_key:
         raise StripeNotConfigured("Stripe is not configured (STRIPE_SECRET_KEY is unset)")
     base = settings.stripe_api_base

@@ -1,0 +1,293 @@
+"""SQL of `usage_batches` (and the sync states of the events they carry).
+
+A batch moves sending -> sent | failed | unknown. While `sending`, `lease_until` says when it
+is due: a worker that claims or re-takes it pushes the lease forward; a crash lets it pass, and
+a transient failure sets it to the next retry. Every transition is guarded by `state =
+'sending'`, so a late worker cannot undo another's outcome.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+import asyncpg
+
+from meterline.billing.catalog import EventType
+from meterline.billing.periods import floor_to_second
+from meterline.db import sql
+from meterline.db.engine import DB
+
+_COLUMNS = (
+    "id, company_id, stripe_customer_id, event_type, event_name, month, value, timestamp, "
+    "state, attempts, lease_until, created_at, sent_at, last_error"
+)
+
+
+@dataclass(frozen=True)
+class Batch:
+    id: uuid.UUID
+    company_id: uuid.UUID
+    stripe_customer_id: str
+    event_type: EventType
+    event_name: str
+    month: date
+    value: int
+    timestamp: datetime
+    state: str
+    attempts: int
+    lease_until: datetime
+    created_at: datetime
+    sent_at: datetime | None
+    last_error: str | None
+
+    @property
+    def identifier(self) -> str:
+        """Stripe's de-duplication key for this batch (≤ 100 characters)."""
+        return f"mlb_{self.id.hex}"
+
+
+def _batch(row: asyncpg.Record) -> Batch:
+    return Batch(
+        id=row["id"],
+        company_id=row["company_id"],
+        stripe_customer_id=row["stripe_customer_id"],
+        event_type=EventType(row["event_type"]),
+        event_name=row["event_name"],
+        month=row["month"],
+        value=int(row["value"]),
+        timestamp=row["timestamp"],
+        state=row["state"],
+        attempts=row["attempts"],
+        lease_until=row["lease_until"],
+        created_at=row["created_at"],
+        sent_at=row["sent_at"],
+        last_error=row["last_error"],
+    )
+
+
+@dataclass(frozen=True)
+class Group:
+    company_id: uuid.UUID
+    event_type: EventType
+    month: date
+
+
+async def pending_groups(limit: int) -> list[Group]:
+    """(company, event type, month) groups with pending events and no batch in flight for that
+    (company, event type), oldest first."""
+    rows = await sql.fetch(
+        """
+        SELECT e.company_id, e.event_type, e.month
+        FROM usage_events e
+        WHERE e.sync_state = 'pending'
+          AND NOT EXISTS (SELECT 1 FROM usage_batches b
+                          WHERE b.company_id = e.company_id AND b.event_type = e.event_type
+                            AND b.state = 'sending')
+        GROUP BY e.company_id, e.event_type, e.month
+        ORDER BY min(e.occurred_at)
+        LIMIT $1
+        """,
+        limit,
+    )
+    return [Group(r["company_id"], EventType(r["event_type"]), r["month"]) for r in rows]
+
+
+async def claim(
+    group: Group, *, event_name: str, now: datetime, lease: timedelta, max_events: int
+) -> Batch | None:
+    """Step 1 of the sync, one transaction: lock the group's pending events, store the batch
+    that will carry them (state `sending`, leased) and mark them taken. None when another
+    worker holds the group, a batch of this (company, event type) is in flight (Stripe allows
+    one call at a time per customer and meter), or nothing is left."""
+    async with DB.transaction():
+        locked = await sql.fetchrow(
+            "SELECT pg_try_advisory_xact_lock(hashtextextended($1::text || $2, 0)) AS ok",
+            group.company_id,
+            group.event_type.value,
+        )
+        if locked is None or not locked["ok"]:
+            return None
+        in_flight = await sql.fetchrow(
+            "SELECT 1 FROM usage_batches WHERE company_id = $1 AND event_type = $2 "
+            "AND state = 'sending' LIMIT 1",
+            group.company_id,
+            group.event_type.value,
+        )
+        company = await sql.fetchrow(
+            "SELECT stripe_customer_id FROM companies WHERE id = $1", group.company_id
+        )
+        if in_flight is not None or company is None or company["stripe_customer_id"] is None:
+            return None
+        events = await sql.fetch(
+            "SELECT id, quantity, occurred_at FROM usage_events "
+            "WHERE company_id = $1 AND event_type = $2 AND month = $3 AND sync_state = 'pending' "
+            "ORDER BY occurred_at LIMIT $4 FOR UPDATE SKIP LOCKED",
+            group.company_id,
+            group.event_type.value,
+            group.month,
+            max_events,
+        )
+        if not events:
+            return None
+        row = await sql.fetchrow(
+            f"INSERT INTO usage_batches (id, company_id, stripe_customer_id, event_type, "
+            f"event_name, month, value, timestamp, state, attempts, lease_until, created_at) "
+            f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'sending', 0, $9, $10) RETURNING {_COLUMNS}",
+            uuid.uuid4(),
+            group.company_id,
+            company["stripe_customer_id"],
+            group.event_type.value,
+            event_name,
+            group.month,
+            sum(e["quantity"] for e in events),
+            floor_to_second(max(e["occurred_at"] for e in events)),
+            now + lease,
+            now,
+        )
+        assert row is not None
+        await sql.execute(
+            "UPDATE usage_events SET sync_state = 'sending', batch_id = $1 WHERE id = ANY($2)",
+            row["id"],
+            [e["id"] for e in events],
+        )
+        claimed = _batch(row)
+    return claimed
+
+
+async def take_due(*, now: datetime, lease: timedelta, limit: int) -> list[Batch]:
+    """Batches whose lease passed (a crashed worker, or a retry that is due), re-leased to
+    this worker. They are re-sent exactly as stored."""
+    rows = await sql.fetch(
+        f"""
+        UPDATE usage_batches SET lease_until = $1
+        WHERE id IN (SELECT id FROM usage_batches
+                     WHERE state = 'sending' AND lease_until <= $2
+                     ORDER BY lease_until LIMIT $3 FOR UPDATE SKIP LOCKED)
+        RETURNING {_COLUMNS}
+        """,
+        now + lease,
+        now,
+        limit,
+    )
+    return [_batch(r) for r in rows]
+
+
+async def _settle(batch_id: uuid.UUID, state: str, event_state: str, **fields: object) -> bool:
+    sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(fields, start=3))
+    async with DB.transaction():
+        row = await sql.fetchrow(
+            f"UPDATE usage_batches SET state = $2{', ' + sets if sets else ''} "
+            f"WHERE id = $1 AND state = 'sending' RETURNING id",
+            batch_id,
+            state,
+            *fields.values(),
+        )
+        if row is None:
+            return False
+        await sql.execute(
+            "UPDATE usage_events SET sync_state = $2 WHERE batch_id = $1", batch_id, event_state
+        )
+    return True
+
+
+async def mark_sent(batch_id: uuid.UUID, *, now: datetime) -> bool:
+    """Step 3: Stripe has it. The batch and its events are `sent`, in one transaction."""
+    return await _settle(batch_id, "sent", "sent", sent_at=now, last_error=None)
+
+
+async def mark_failed(batch_id: uuid.UUID, *, error: str) -> bool:
+    """Stripe refused it for good (a 4xx other than a repeat identifier)."""
+    return await _settle(batch_id, "failed", "failed", last_error=error[:1000])
+
+
+async def mark_unknown(batch_id: uuid.UUID, *, error: str) -> bool:
+    """Not settled within Stripe's de-duplication window: only an operator may decide."""
+    return await _settle(batch_id, "unknown", "unknown", last_error=error[:1000])
+
+
+async def schedule_retry(
+    batch_id: uuid.UUID, *, attempts: int, retry_at: datetime, error: str
+) -> bool:
+    row = await sql.fetchrow(
+        "UPDATE usage_batches SET attempts = $2, lease_until = $3, last_error = $4 "
+        "WHERE id = $1 AND state = 'sending' RETURNING id",
+        batch_id,
+        attempts,
+        retry_at,
+        error[:1000],
+    )
+    return row is not None
+
+
+async def count_attempt(batch_id: uuid.UUID) -> int:
+    row = await sql.fetchrow(
+        "UPDATE usage_batches SET attempts = attempts + 1 WHERE id = $1 RETURNING attempts",
+        batch_id,
+    )
+    return int(row["attempts"]) if row else 0
+
+
+class NotRedrivable(Exception):
+    pass
+
+
+async def redrive(batch_id: uuid.UUID, *, now: datetime) -> int:
+    """A `failed` batch's events become pending again, to leave as a NEW batch (new identifier).
+    Never an `unknown` one: Stripe may have it; look at its meter event summaries first."""
+    async with DB.transaction():
+        row = await sql.fetchrow(
+            "SELECT state, redriven_at FROM usage_batches WHERE id = $1 FOR UPDATE", batch_id
+        )
+        if row is None:
+            raise NotRedrivable(f"no batch {batch_id}")
+        if row["state"] != "failed" or row["redriven_at"] is not None:
+            raise NotRedrivable(
+                f"batch {batch_id} is {row['state']}"
+                f"{' and was re-driven already' if row['redriven_at'] else ''}: only a failed "
+                "batch can be re-driven"
+            )
+        await sql.execute("UPDATE usage_batches SET redriven_at = $2 WHERE id = $1", batch_id, now)
+        result = await sql.execute(
+            "UPDATE usage_events SET sync_state = 'pending', batch_id = NULL WHERE batch_id = $1",
+            batch_id,
+        )
+    return int(result.split()[-1])
+
+
+async def get(batch_id: uuid.UUID) -> Batch | None:
+    row = await sql.fetchrow(f"SELECT {_COLUMNS} FROM usage_batches WHERE id = $1", batch_id)
+    return _batch(row) if row else None
+
+
+@dataclass(frozen=True)
+class SyncStatus:
+    batches_by_state: dict[str, int]
+    pending_events: int
+    oldest_pending: datetime | None
+    pending_before: int  # pending events of months before `month` (an alert after the grace)
+    problems: list[Batch]  # unknown and failed (not yet re-driven) batches
+
+
+async def status(*, current_month: date, problem_limit: int = 50) -> SyncStatus:
+    states = await sql.fetch("SELECT state, count(*) AS n FROM usage_batches GROUP BY state")
+    pending = await sql.fetchrow(
+        "SELECT count(*) AS n, min(occurred_at) AS oldest, "
+        "count(*) FILTER (WHERE month < $1) AS old FROM usage_events "
+        "WHERE sync_state IN ('pending', 'sending')",
+        current_month,
+    )
+    problems = await sql.fetch(
+        f"SELECT {_COLUMNS} FROM usage_batches WHERE state = 'unknown' "
+        f"OR (state = 'failed' AND redriven_at IS NULL) ORDER BY created_at LIMIT $1",
+        problem_limit,
+    )
+    assert pending is not None
+    return SyncStatus(
+        batches_by_state={r["state"]: int(r["n"]) for r in states},
+        pending_events=int(pending["n"]),
+        oldest_pending=pending["oldest"],
+        pending_before=int(pending["old"]),
+        problems=[_batch(r) for r in problems],
+    )

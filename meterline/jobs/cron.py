@@ -1,0 +1,55 @@
+"""`GET|POST /cron/sync-usage`: the scheduler's entry point (Bearer $CRON_SECRET)."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from litestar import Request, Response, route
+from litestar.exceptions import NotAuthorizedException
+
+from meterline.config import Settings
+from meterline.jobs.sync import SyncJob
+from meterline.jobs.telemetry import publish
+from meterline.stripe_gateway.client import StripeNotConfigured, make_client
+
+logger = logging.getLogger(__name__)
+
+
+def _authorize(settings: Settings, authorization: str | None) -> None:
+    expected = settings.cron_secret
+    if not expected:
+        logger.error(
+            "refused /cron/sync-usage: CRON_SECRET is not set, so no caller can be trusted"
+        )
+        raise NotAuthorizedException(
+            "cron is not configured", headers={"WWW-Authenticate": "Bearer"}
+        )
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), expected.encode()
+    ):
+        raise NotAuthorizedException("wrong cron secret", headers={"WWW-Authenticate": "Bearer"})
+
+
+def sync_route(settings: Settings, clock: Callable[[], datetime]) -> Any:
+    @route("/cron/sync-usage", http_method=["GET", "POST"])
+    async def sync_usage(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+        _authorize(settings, request.headers.get("authorization"))
+        try:
+            client = make_client(settings)
+        except StripeNotConfigured as exc:
+            return Response({"error": str(exc)}, status_code=503)
+        job = SyncJob(
+            client=client,
+            clock=clock,
+            budget=timedelta(seconds=settings.sync_budget_seconds),
+        )
+        report = await job.run()
+        await publish(report, now=clock(), late_grace_hours=settings.late_usage_grace_hours)
+        return Response(report.as_dict())
+
+    return sync_usage

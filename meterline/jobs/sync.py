@@ -1,0 +1,183 @@
+"""The usage sync: pending events -> batches -> Stripe meter events, exactly once.
+
+Three steps, never a transaction open across a network call (DESIGN "Sync to Stripe"):
+1. claim: one transaction stores the batch (leased) and marks its events taken;
+2. send the stored batch (identifier = batch id) to Stripe;
+3. one transaction marks the batch and its events sent.
+A crash anywhere leaves a leased batch that the next run re-sends unchanged: Stripe's identifier
+de-duplication makes it count once. Any number of runs may overlap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import stripe
+
+from meterline.billing.periods import month_of
+from meterline.db import batches
+from meterline.db.batches import Batch, Group
+from meterline.stripe_gateway.meter_events import (
+    Outcome,
+    SendResult,
+    meter_event_name,
+    send_meter_event,
+)
+
+logger = logging.getLogger(__name__)
+
+# Stripe keeps identifiers unique for at least 24 hours: settle a batch well within that.
+SETTLE_WINDOW = timedelta(hours=20)
+LEASE = timedelta(seconds=120)  # longer than a Stripe call may take (client timeout 20 s)
+FIRST_RETRY_SECONDS = 2.0
+MAX_RETRY_SECONDS = 30 * 60.0
+MAX_EVENTS_PER_BATCH = 50_000
+GROUPS_PER_ROUND = 1_000
+
+
+def retry_delay(attempt: int, rng: random.Random) -> timedelta:
+    """Exponential backoff with jitter: 2 s, 4 s, 8 s, ... capped at 30 min, times 0.5..1."""
+    base = min(MAX_RETRY_SECONDS, FIRST_RETRY_SECONDS * 2 ** max(0, attempt - 1))
+    return timedelta(seconds=base * rng.uniform(0.5, 1.0))
+
+
+@dataclass
+class SyncReport:
+    claimed: int = 0
+    sent: int = 0
+    failed: int = 0
+    retrying: int = 0
+    unknown: int = 0
+    pending: int = 0
+    duration_ms: int = 0
+    events_sent: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "claimed": self.claimed,
+            "sent": self.sent,
+            "failed": self.failed,
+            "retrying": self.retrying,
+            "unknown": self.unknown,
+            "pending": self.pending,
+            "duration_ms": self.duration_ms,
+        }
+
+
+Hook = Callable[[Batch], Awaitable[None]]
+
+
+@dataclass
+class SyncHooks:
+    """Test seams: called after a claim commits and after Stripe answered (before marking)."""
+
+    after_claim: Hook | None = None
+    after_send: Callable[[Batch, SendResult], Awaitable[None]] | None = None
+
+
+@dataclass
+class SyncJob:
+    client: stripe.StripeClient
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    concurrency: int = 32
+    budget: timedelta = timedelta(seconds=25)
+    hooks: SyncHooks = field(default_factory=SyncHooks)
+    rng: random.Random = field(default_factory=random.Random)
+
+    async def run(self) -> SyncReport:
+        started = time.monotonic()
+        deadline = started + self.budget.total_seconds()
+        report = SyncReport()
+        limit = asyncio.Semaphore(self.concurrency)
+
+        async def limited(work: Awaitable[None]) -> None:
+            async with limit:
+                await work
+
+        while time.monotonic() < deadline:
+            due = await batches.take_due(now=self.clock(), lease=LEASE, limit=GROUPS_PER_ROUND)
+            groups = await batches.pending_groups(GROUPS_PER_ROUND)
+            if not due and not groups:
+                break
+            claimed_before = report.claimed
+            work = [limited(self._resend(b, report)) for b in due]
+            work += [limited(self._claim_and_send(g, report)) for g in groups]
+            await asyncio.gather(*work)
+            if not due and report.claimed == claimed_before:
+                break  # every group left is held by another worker: leave it to them
+        status = await batches.status(current_month=month_of(self.clock()), problem_limit=0)
+        report.pending = status.pending_events
+        report.duration_ms = int((time.monotonic() - started) * 1000)
+        return report
+
+    async def _claim_and_send(self, group: Group, report: SyncReport) -> None:
+        batch = await batches.claim(
+            group,
+            event_name=meter_event_name(group.event_type),
+            now=self.clock(),
+            lease=LEASE,
+            max_events=MAX_EVENTS_PER_BATCH,
+        )
+        if batch is None:
+            return
+        report.claimed += 1
+        if self.hooks.after_claim:
+            await self.hooks.after_claim(batch)
+        await self._send(batch, report)
+
+    async def _resend(self, batch: Batch, report: SyncReport) -> None:
+        if self.clock() - batch.created_at > SETTLE_WINDOW:
+            if await batches.mark_unknown(
+                batch.id, error=f"not settled within {SETTLE_WINDOW}: {batch.last_error or ''}"
+            ):
+                report.unknown += 1
+                logger.error(
+                    "usage batch %s (%s, %s) is unknown: compare with Stripe's meter event "
+                    "summaries before doing anything",
+                    batch.id,
+                    batch.stripe_customer_id,
+                    batch.event_name,
+                )
+            return
+        await self._send(batch, report)
+
+    async def _send(self, batch: Batch, report: SyncReport) -> None:
+        attempt = await batches.count_attempt(batch.id)
+        result = await send_meter_event(
+            self.client,
+            identifier=batch.identifier,
+            event_name=batch.event_name,
+            customer=batch.stripe_customer_id,
+            value=batch.value,
+            timestamp=batch.timestamp,
+        )
+        if self.hooks.after_send:
+            await self.hooks.after_send(batch, result)
+        now = self.clock()
+        if result.outcome is Outcome.DELIVERED:
+            if await batches.mark_sent(batch.id, now=now):
+                report.sent += 1
+                report.events_sent += batch.value
+        elif result.outcome is Outcome.REJECTED:
+            if await batches.mark_failed(batch.id, error=result.message):
+                report.failed += 1
+                logger.error("Stripe refused usage batch %s: %s", batch.id, result.message)
+        else:
+            retry_at = now + retry_delay(attempt, self.rng)
+            if retry_at - batch.created_at > SETTLE_WINDOW:
+                if await batches.mark_unknown(batch.id, error=result.message):
+                    report.unknown += 1
+                    logger.error("usage batch %s is unknown: %s", batch.id, result.message)
+            elif await batches.schedule_retry(
+                batch.id, attempts=attempt, retry_at=retry_at, error=result.message
+            ):
+                report.retrying += 1
+                logger.warning(
+                    "usage batch %s will be retried at %s: %s", batch.id, retry_at, result.message
+                )

@@ -1,0 +1,58 @@
+"""What the sync job tells operators: /metrics gauges and the alert on last month's leftovers."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from prometheus_client import Counter, Gauge
+
+from meterline.billing.periods import month_of, month_start
+from meterline.db import batches
+from meterline.jobs.sync import SyncReport
+
+logger = logging.getLogger(__name__)
+
+SYNC_BATCHES = Counter(
+    "meterline_sync_batches_total", "usage batches settled by the sync job", ["outcome"]
+)
+SYNC_EVENTS_SENT = Counter("meterline_sync_units_sent_total", "usage units delivered to Stripe")
+BATCHES_BY_STATE = Gauge("meterline_sync_batches_by_state", "usage batches by state", ["state"])
+PENDING_EVENTS = Gauge("meterline_sync_pending_events", "events not yet delivered to Stripe")
+OLDEST_PENDING_AGE = Gauge(
+    "meterline_sync_oldest_pending_seconds", "age of the oldest event not yet delivered"
+)
+LATE_PENDING = Gauge(
+    "meterline_sync_last_month_pending_events",
+    "events of a closed month still undelivered after the late-usage grace (alert when > 0)",
+)
+
+
+async def publish(report: SyncReport, *, now: datetime, late_grace_hours: int) -> None:
+    SYNC_BATCHES.labels("sent").inc(report.sent)
+    SYNC_BATCHES.labels("failed").inc(report.failed)
+    SYNC_BATCHES.labels("retrying").inc(report.retrying)
+    SYNC_BATCHES.labels("unknown").inc(report.unknown)
+    SYNC_EVENTS_SENT.inc(report.events_sent)
+    await refresh(now=now, late_grace_hours=late_grace_hours)
+
+
+async def refresh(*, now: datetime, late_grace_hours: int) -> batches.SyncStatus:
+    status = await batches.status(current_month=month_of(now), problem_limit=0)
+    for state in ("sending", "sent", "failed", "unknown"):
+        BATCHES_BY_STATE.labels(state).set(status.batches_by_state.get(state, 0))
+    PENDING_EVENTS.set(status.pending_events)
+    OLDEST_PENDING_AGE.set(
+        (now - status.oldest_pending).total_seconds() if status.oldest_pending else 0
+    )
+    past_grace = now >= month_start(month_of(now)) + timedelta(hours=late_grace_hours)
+    late = status.pending_before if past_grace else 0
+    LATE_PENDING.set(late)
+    if late:
+        logger.error(
+            "%d usage events of last month are still not in Stripe after the %d h grace: "
+            "they will not be invoiced unless Stripe's grace is longer",
+            late,
+            late_grace_hours,
+        )
+    return status
