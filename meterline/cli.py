@@ -283,6 +283,60 @@ def _batch_id(text: str) -> uuid.UUID:
         raise SystemExit(f"meterline: {text!r} is not a batch id") from exc
 
 
+def cmd_setup_stripe(args: argparse.Namespace) -> None:
+    import asyncpg
+    import stripe
+
+    from meterline.db.tiers import load_plans
+    from meterline.services.stripe_setup import Line, SetupError, setup_stripe
+    from meterline.stripe_gateway.catalog import StripeCatalog
+    from meterline.stripe_gateway.client import StripeNotConfigured, make_client
+
+    settings = _settings()
+    try:
+        client = make_client(settings)
+    except StripeNotConfigured as exc:
+        raise SystemExit(f"meterline: {exc}; set it to create the meters and prices") from exc
+
+    def show(line: Line) -> None:
+        print(line, flush=True)
+        if line.secret:
+            variable = (
+                "STRIPE_THIN_WEBHOOK_SECRET"
+                if line.kind == "event_destination"
+                else "STRIPE_WEBHOOK_SECRET"
+            )
+            print(f"  signing secret (shown once, set {variable}): {line.secret}", flush=True)
+
+    async def work() -> list[str]:
+        try:
+            plans = await load_plans()
+        except asyncpg.UndefinedTableError as exc:
+            raise SystemExit(
+                "meterline: the tiers tables are missing: run `meterline migrate`"
+            ) from exc
+        result = await setup_stripe(
+            StripeCatalog(client), plans, webhook_url=args.webhook_url, emit=show
+        )
+        return result.problems
+
+    try:
+        problems = asyncio.run(_with_database(settings, work))
+    except SetupError as exc:
+        raise SystemExit(f"meterline: {exc}") from exc
+    except stripe.StripeError as exc:
+        status = f" (HTTP {exc.http_status})" if exc.http_status else ""
+        message = exc.user_message or str(exc) or type(exc).__name__
+        raise SystemExit(
+            f"meterline: setup-stripe stopped on a Stripe error{status}: {message}\n"
+            "Anything listed above is in place; run setup-stripe again once this is fixed."
+        ) from exc
+    for problem in problems:
+        print(f"meterline: warning: {problem}", file=sys.stderr)
+    if problems:
+        raise SystemExit(1)
+
+
 def cmd_schema(args: argparse.Namespace) -> None:
     from meterline.schema import build_schema
 
@@ -332,6 +386,16 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--redrive", metavar="BATCH", help="re-send a failed batch's events")
     sync.add_argument("--budget", type=int, metavar="SECONDS", help="time budget of the run")
     sync.set_defaults(func=cmd_sync_usage)
+
+    setup = commands.add_parser(
+        "setup-stripe", help="create or find the Stripe meters, products, prices and webhooks"
+    )
+    setup.add_argument(
+        "--webhook-url",
+        metavar="URL",
+        help="Meterline's public base URL: also set up URL/webhooks/stripe and .../thin",
+    )
+    setup.set_defaults(func=cmd_setup_stripe)
 
     commands.add_parser("demo", help="seed the demo company").set_defaults(func=cmd_demo)
     commands.add_parser("schema", help="print the GraphQL SDL").set_defaults(func=cmd_schema)

@@ -74,14 +74,15 @@ class Group:
     month: date
 
 
-async def pending_groups(limit: int) -> list[Group]:
+async def pending_groups(limit: int, company_ids: list[uuid.UUID] | None = None) -> list[Group]:
     """(company, event type, month) groups with pending events and no batch in flight for that
-    (company, event type), oldest first."""
+    (company, event type), oldest first; of `company_ids` only, when given."""
     rows = await sql.fetch(
         """
         SELECT e.company_id, e.event_type, e.month
         FROM usage_events e
         WHERE e.sync_state = 'pending'
+          AND ($2::uuid[] IS NULL OR e.company_id = ANY($2))
           AND NOT EXISTS (SELECT 1 FROM usage_batches b
                           WHERE b.company_id = e.company_id AND b.event_type = e.event_type
                             AND b.state = 'sending')
@@ -90,6 +91,7 @@ async def pending_groups(limit: int) -> list[Group]:
         LIMIT $1
         """,
         limit,
+        company_ids,
     )
     return [Group(r["company_id"], EventType(r["event_type"]), r["month"]) for r in rows]
 
@@ -103,8 +105,8 @@ async def claim(
     one call at a time per customer and meter), or nothing is left."""
     async with DB.transaction():
         locked = await sql.fetchrow(
-            "SELECT pg_try_advisory_xact_lock(hashtextextended($1::text || $2, 0)) AS ok",
-            group.company_id,
+            "SELECT pg_try_advisory_xact_lock(hashtextextended($1 || ':' || $2, 0)) AS ok",
+            str(group.company_id),
             group.event_type.value,
         )
         if locked is None or not locked["ok"]:
@@ -156,7 +158,9 @@ async def claim(
     return claimed
 
 
-async def take_due(*, now: datetime, lease: timedelta, limit: int) -> list[Batch]:
+async def take_due(
+    *, now: datetime, lease: timedelta, limit: int, company_ids: list[uuid.UUID] | None = None
+) -> list[Batch]:
     """Batches whose lease passed (a crashed worker, or a retry that is due), re-leased to
     this worker. They are re-sent exactly as stored."""
     rows = await sql.fetch(
@@ -164,12 +168,14 @@ async def take_due(*, now: datetime, lease: timedelta, limit: int) -> list[Batch
         UPDATE usage_batches SET lease_until = $1
         WHERE id IN (SELECT id FROM usage_batches
                      WHERE state = 'sending' AND lease_until <= $2
+                       AND ($4::uuid[] IS NULL OR company_id = ANY($4))
                      ORDER BY lease_until LIMIT $3 FOR UPDATE SKIP LOCKED)
         RETURNING {_COLUMNS}
         """,
         now + lease,
         now,
         limit,
+        company_ids,
     )
     return [_batch(r) for r in rows]
 
@@ -270,18 +276,28 @@ class SyncStatus:
     problems: list[Batch]  # unknown and failed (not yet re-driven) batches
 
 
-async def status(*, current_month: date, problem_limit: int = 50) -> SyncStatus:
-    states = await sql.fetch("SELECT state, count(*) AS n FROM usage_batches GROUP BY state")
+async def status(
+    *, current_month: date, problem_limit: int = 50, company_ids: list[uuid.UUID] | None = None
+) -> SyncStatus:
+    states = await sql.fetch(
+        "SELECT state, count(*) AS n FROM usage_batches "
+        "WHERE $1::uuid[] IS NULL OR company_id = ANY($1) GROUP BY state",
+        company_ids,
+    )
     pending = await sql.fetchrow(
         "SELECT count(*) AS n, min(occurred_at) AS oldest, "
         "count(*) FILTER (WHERE month < $1) AS old FROM usage_events "
-        "WHERE sync_state IN ('pending', 'sending')",
+        "WHERE sync_state IN ('pending', 'sending') "
+        "AND ($2::uuid[] IS NULL OR company_id = ANY($2))",
         current_month,
+        company_ids,
     )
     problems = await sql.fetch(
-        f"SELECT {_COLUMNS} FROM usage_batches WHERE state = 'unknown' "
-        f"OR (state = 'failed' AND redriven_at IS NULL) ORDER BY created_at LIMIT $1",
+        f"SELECT {_COLUMNS} FROM usage_batches "
+        f"WHERE (state = 'unknown' OR (state = 'failed' AND redriven_at IS NULL)) "
+        f"AND ($2::uuid[] IS NULL OR company_id = ANY($2)) ORDER BY created_at LIMIT $1",
         problem_limit,
+        company_ids,
     )
     assert pending is not None
     return SyncStatus(

@@ -36,7 +36,7 @@ def _authorize(settings: Settings, authorization: str | None) -> None:
 
 
 def sync_route(settings: Settings, clock: Callable[[], datetime]) -> Any:
-    @route("/cron/sync-usage", http_method=["GET", "POST"])
+    @route("/cron/sync-usage", http_method=["GET", "POST"], status_code=200)
     async def sync_usage(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         _authorize(settings, request.headers.get("authorization"))
         try:

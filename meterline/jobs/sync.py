@@ -14,6 +14,7 @@ import asyncio
 import logging
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -89,6 +90,7 @@ class SyncJob:
     budget: timedelta = timedelta(seconds=25)
     hooks: SyncHooks = field(default_factory=SyncHooks)
     rng: random.Random = field(default_factory=random.Random)
+    company_ids: list[uuid.UUID] | None = None  # only these companies (operators, tests)
 
     async def run(self) -> SyncReport:
         started = time.monotonic()
@@ -101,8 +103,10 @@ class SyncJob:
                 await work
 
         while time.monotonic() < deadline:
-            due = await batches.take_due(now=self.clock(), lease=LEASE, limit=GROUPS_PER_ROUND)
-            groups = await batches.pending_groups(GROUPS_PER_ROUND)
+            due = await batches.take_due(
+                now=self.clock(), lease=LEASE, limit=GROUPS_PER_ROUND, company_ids=self.company_ids
+            )
+            groups = await batches.pending_groups(GROUPS_PER_ROUND, self.company_ids)
             if not due and not groups:
                 break
             claimed_before = report.claimed
@@ -111,7 +115,9 @@ class SyncJob:
             await asyncio.gather(*work)
             if not due and report.claimed == claimed_before:
                 break  # every group left is held by another worker: leave it to them
-        status = await batches.status(current_month=month_of(self.clock()), problem_limit=0)
+        status = await batches.status(
+            current_month=month_of(self.clock()), problem_limit=0, company_ids=self.company_ids
+        )
         report.pending = status.pending_events
         report.duration_ms = int((time.monotonic() - started) * 1000)
         return report

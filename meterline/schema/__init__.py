@@ -16,13 +16,14 @@ from strawberry.extensions import (
 )
 from strawberry.types import ExecutionContext, ExecutionResult
 
-from meterline.resolvers import usage
+from meterline.resolvers import billing, usage
 from meterline.schema.errors import log_errors, with_codes
 from meterline.schema.limits import max_depth_rule
 from meterline.schema.types import (
     MeterUsage,
     MonthlySummary,
     RecordUsageResult,
+    UpcomingInvoice,
     UsageEventConnection,
     UsageLimits,
 )
@@ -48,6 +49,10 @@ class Query:
     )
     usage_events: UsageEventConnection = strawberry.field(
         resolver=usage.usage_events, description="The audit trail, newest first."
+    )
+    upcoming_invoice: UpcomingInvoice | None = strawberry.field(
+        resolver=billing.upcoming_invoice,
+        description="From Stripe's invoice preview; null without a Stripe subscription.",
     )
 
 

@@ -20,6 +20,7 @@ from meterline.billing.pricing import MeterStatement
 from meterline.db.usage import StoredEvent
 from meterline.services import usage as usage_service
 from meterline.services.errors import BadUserInput
+from meterline.stripe_gateway.invoices import InvoicePreview, PreviewLine
 
 # The domain enums are the GraphQL enums (exposed by member NAME): the catalog drives the schema.
 strawberry.enum(EventType, name="UsageEventType")
@@ -52,8 +53,8 @@ class Money:
     currency: str
 
     @classmethod
-    def of(cls, amount: Decimal) -> Money:
-        return cls(amount=money_amount(amount), currency=CURRENCY)
+    def of(cls, amount: Decimal, currency: str = CURRENCY) -> Money:
+        return cls(amount=money_amount(amount), currency=currency)
 
 
 @strawberry.type
@@ -118,6 +119,38 @@ class MonthlySummary:
             month=summary.month,
             meters=[MeterUsage.of(m) for m in summary.meters],
             total_overage_cost=Money.of(summary.total_overage_cost),
+        )
+
+
+@strawberry.type
+class InvoiceLine:
+    description: str | None
+    quantity: int | None
+    amount: Money
+
+    @classmethod
+    def of(cls, line: PreviewLine, currency: str) -> InvoiceLine:
+        return cls(
+            description=line.description,
+            quantity=line.quantity,
+            amount=Money.of(line.amount, currency),
+        )
+
+
+@strawberry.type
+class UpcomingInvoice:
+    amount_due: Money
+    period_start: datetime
+    period_end: datetime
+    lines: list[InvoiceLine]
+
+    @classmethod
+    def of(cls, preview: InvoicePreview) -> UpcomingInvoice:
+        return cls(
+            amount_due=Money.of(preview.amount_due, preview.currency),
+            period_start=preview.period_start,
+            period_end=preview.period_end,
+            lines=[InvoiceLine.of(line, preview.currency) for line in preview.lines],
         )
 
 

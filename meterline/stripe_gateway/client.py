@@ -28,5 +28,5 @@ def make_client(
         # The SDK retries nothing unless told; every retry decision is the caller's (the sync
         # job backs off itself), so none here.
         max_network_retries=0,
-        http_client=stripe.HTTPXClient(timeout=timeout),
+        http_client=stripe.HTTPXClient(timeout=timeout, allow_sync_methods=True),
     )

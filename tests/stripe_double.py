@@ -1,0 +1,1791 @@
+"""A Stripe double: a real HTTP server on 127.0.0.1 that the real stripe SDK talks to.
+
+Point a `stripe.StripeClient` at it with `base_addresses={"api": double.url, "meter_events":
+double.url}` (or `STRIPE_API_BASE=double.url`). It serves the endpoints Meterline calls, shaped
+like Stripe's: objects are built from Stripe's own fixtures (`fixtures3.json`, see
+/work/shared/stripe/README.md) with the fields the double knows about set, v1 bodies are
+form-encoded (`a[b]=c`, `a[0]=c`), v2 bodies JSON, errors are `{"error": {...}}` with Stripe's
+status codes. Parameters are checked against the SDK's own `*Params` TypedDicts: an unknown
+parameter or a missing required one is a 400, as on Stripe.
+
+Behaviours that matter to an exactly-once sync:
+- v1 meter events: validated synchronously (identifier <= 100 characters, value a whole number,
+  timestamp within the past 35 days and at most 5 minutes ahead of `now`, an active meter for
+  the event name); an unknown customer is accepted (Stripe checks it asynchronously); a repeated
+  identifier answers 400 "An event already exists with identifier ..."; a second call for one
+  (customer, meter) while one is in flight answers 429 (`code=rate_limit`).
+- `Idempotency-Key` on POST replays the first answer, as Stripe does.
+- Failure injection (`fail`): answer 429 or 500, stall past the client's timeout and then
+  process, process and drop the connection unanswered, or drop it before processing.
+
+The server runs in its own threads (never on the test's event loop); state is guarded by one
+lock, so tests may read it at any time.
+"""
+
+from __future__ import annotations
+
+import calendar
+import collections
+import contextlib
+import copy
+import json
+import os
+import random
+import re
+import secrets
+import socket
+import string
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from functools import cache
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
+
+import stripe.params as p1
+import stripe.params.billing as pbilling
+import stripe.params.v2.core as p2core
+
+FailureKind = Literal["429", "500", "stall", "drop", "drop_before"]
+Handler = Callable[["StripeDouble", "_Request"], dict[str, Any]]
+
+DAY = 86_400
+EVENT_MAX_AGE = 35 * DAY
+EVENT_MAX_AHEAD = 5 * 60
+ID_MAX_LENGTH = 100
+
+# Request options the SDK's *Params TypedDicts carry for the old global API; never sent.
+_REQUEST_OPTIONS = frozenset(
+    {
+        "api_key",
+        "content_type",
+        "headers",
+        "idempotency_key",
+        "max_network_retries",
+        "stripe_account",
+        "stripe_context",
+        "stripe_version",
+    }
+)
+
+
+# --- fixtures -------------------------------------------------------------------------------------
+
+
+def _fixture_candidates() -> list[Path]:
+    here = Path(__file__).resolve()
+    found = [Path(os.environ["STRIPE_FIXTURES"])] if os.environ.get("STRIPE_FIXTURES") else []
+    return [
+        *found,
+        here.with_name("fixtures3.json"),
+        here.parents[2] / "shared" / "stripe" / "fixtures3.json",
+    ]
+
+
+@cache
+def _fixtures() -> dict[str, Any]:
+    for path in _fixture_candidates():
+        if path.is_file():
+            resources: dict[str, Any] = json.loads(path.read_text())["resources"]
+            return resources
+    raise FileNotFoundError(
+        "Stripe fixtures3.json not found (set STRIPE_FIXTURES); looked in "
+        + ", ".join(str(p) for p in _fixture_candidates())
+    )
+
+
+def _fixture(name: str) -> dict[str, Any]:
+    return copy.deepcopy(_fixtures()[name])
+
+
+# --- small helpers --------------------------------------------------------------------------------
+
+_ALNUM = string.ascii_letters + string.digits
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_" + "".join(secrets.choice(_ALNUM) for _ in range(24))
+
+
+def _month_bounds(ts: int) -> tuple[int, int]:
+    moment = datetime.fromtimestamp(ts, UTC)
+    start = datetime(moment.year, moment.month, 1, tzinfo=UTC)
+    return calendar.timegm(start.timetuple()), _add_month(calendar.timegm(start.timetuple()))
+
+
+def _add_month(ts: int) -> int:
+    moment = datetime.fromtimestamp(ts, UTC)
+    year, month = (moment.year + 1, 1) if moment.month == 12 else (moment.year, moment.month + 1)
+    day = min(moment.day, calendar.monthrange(year, month)[1])
+    return calendar.timegm(moment.replace(year=year, month=month, day=day).timetuple())
+
+
+def _iso(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def _fmt_decimal(value: Decimal) -> str:
+    return format(value.normalize(), "f")
+
+
+class StripeApiError(Exception):
+    """An error answer, rendered as Stripe renders it."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"type": self.type, "message": self.message}
+        if self.param is not None:
+            error["param"] = self.param
+        if self.code is not None:
+            error["code"] = self.code
+        return {"error": error}
+
+
+def _invalid(message: str, param: str | None = None, code: str | None = None) -> StripeApiError:
+    return StripeApiError(400, message, param=param, code=code)
+
+
+def _missing(param: str) -> StripeApiError:
+    return _invalid(f"Missing required param: {param}.", param, "parameter_missing")
+
+
+def _no_such(kind: str, object_id: str, param: str = "id", status: int = 404) -> StripeApiError:
+    noun = _KINDS[kind].noun
+    return StripeApiError(
+        status, f"No such {noun}: '{object_id}'", param=param, code="resource_missing"
+    )
+
+
+# --- request parameters ---------------------------------------------------------------------------
+
+_KEY = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
+_SEGMENT = re.compile(r"\[([^\[\]]*)\]")
+
+
+def parse_form(text: str) -> dict[str, Any]:
+    """Decode Stripe's form encoding: `a[b]=c` nests, `a[0]=c` and `a[]=c` make lists."""
+    root: dict[str, Any] = {}
+    for key, value in parse_qsl(text, keep_blank_values=True):
+        match = _KEY.match(key)
+        if match is None:
+            raise _invalid(f"Invalid parameter name: {key}", key)
+        path = [match.group(1), *_SEGMENT.findall(match.group(2))]
+        node = root
+        for depth, segment in enumerate(path):
+            name = str(len(node)) if segment == "" else segment
+            if depth == len(path) - 1:
+                node[name] = value
+                break
+            child = node.setdefault(name, {})
+            if not isinstance(child, dict):
+                raise _invalid(f"Invalid hash: {key}", key)
+            node = child
+    result: dict[str, Any] = _listify(root)
+    return result
+
+
+def _listify(node: Any) -> Any:
+    if not isinstance(node, dict):
+        return node
+    converted = {k: _listify(v) for k, v in node.items()}
+    if converted and all(k.isdigit() for k in converted):
+        return [converted[k] for k in sorted(converted, key=int)]
+    return converted
+
+
+def _name(parent: str, key: str) -> str:
+    return f"{parent}[{key}]" if parent else key
+
+
+class _Params:
+    """Typed access to one level of request parameters, with Stripe's error messages."""
+
+    def __init__(self, data: dict[str, Any], prefix: str = "") -> None:
+        self.data = data
+        self.prefix = prefix
+
+    def __contains__(self, key: str) -> bool:
+        return self.data.get(key) not in (None, "")
+
+    def text(self, key: str, *, required: bool = False, max_length: int | None = None) -> Any:
+        value = self.data.get(key)
+        param = _name(self.prefix, key)
+        if value is None or value == "":
+            if required:
+                raise _missing(param)
+            return None
+        if not isinstance(value, str):
+            raise _invalid(f"Invalid string: {value!r}", param)
+        if max_length is not None and len(value) > max_length:
+            raise _invalid(
+                f"Invalid string: {value[:20]}...; must be at most {max_length} characters",
+                param,
+            )
+        return value
+
+    def choice(self, key: str, options: tuple[str, ...], *, default: str | None = None) -> Any:
+        value = self.text(key, required=default is None) or default
+        if value not in options:
+            raise _invalid(
+                f"Invalid {key}: must be one of {', '.join(options)}", _name(self.prefix, key)
+            )
+        return value
+
+    def integer(self, key: str, *, required: bool = False) -> int | None:
+        value = self.data.get(key)
+        if value is None or value == "":
+            if required:
+                raise _missing(_name(self.prefix, key))
+            return None
+        if isinstance(value, bool) or not re.fullmatch(r"-?\d+", str(value)):
+            raise _invalid(f"Invalid integer: {value}", _name(self.prefix, key))
+        return int(value)
+
+    def decimal(self, key: str) -> Decimal | None:
+        value = self.data.get(key)
+        if value is None or value == "":
+            return None
+        try:
+            number = Decimal(str(value))
+        except InvalidOperation:
+            number = Decimal("NaN")
+        if not number.is_finite():
+            raise _invalid(f"Invalid decimal: {value}", _name(self.prefix, key))
+        return number
+
+    def boolean(self, key: str) -> bool | None:
+        value = self.data.get(key)
+        if value is None or value == "":
+            return None
+        if isinstance(value, bool):
+            return value
+        if value in ("true", "false"):
+            return bool(value == "true")
+        raise _invalid(f"Invalid boolean: {value}", _name(self.prefix, key))
+
+    def array(self, key: str, *, required: bool = False) -> list[Any]:
+        value = self.data.get(key)
+        if value is None or value == "":
+            if required:
+                raise _missing(_name(self.prefix, key))
+            return []
+        if not isinstance(value, list):
+            raise _invalid("Invalid array", _name(self.prefix, key))
+        return value
+
+    def hash(self, key: str, *, required: bool = False) -> _Params:
+        value = self.data.get(key)
+        if value is None or value == "":
+            if required:
+                raise _missing(_name(self.prefix, key))
+            value = {}
+        if not isinstance(value, dict):
+            raise _invalid("Invalid hash", _name(self.prefix, key))
+        return _Params(value, _name(self.prefix, key))
+
+    def metadata(self, current: dict[str, str] | None = None) -> dict[str, str]:
+        """Merge `metadata[...]` into `current`; an empty value unsets a key, as on Stripe."""
+        merged = dict(current or {})
+        raw = self.data.get("metadata")
+        if raw == "":
+            return {}
+        for key, value in self.hash("metadata").data.items():
+            if value in ("", None):
+                merged.pop(key, None)
+            else:
+                merged[key] = str(value)
+        return merged
+
+
+@dataclass
+class _Request:
+    method: str
+    path: str
+    args: dict[str, str]
+    params: _Params
+    v2: bool
+
+    @property
+    def expand(self) -> list[str]:
+        return [str(path) for path in self.params.array("expand")]
+
+
+# --- object kinds ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Kind:
+    prefix: str
+    fixture: str
+    noun: str
+    blank: dict[str, Any] = field(default_factory=dict)
+
+
+_KINDS: dict[str, _Kind] = {
+    "billing.meter": _Kind(
+        "mtr",
+        "billing.meter",
+        "billing meter",
+        {"event_time_window": None, "status": "active", "status_transitions": {}},
+    ),
+    "product": _Kind(
+        "prod",
+        "product",
+        "product",
+        {
+            "default_price": None,
+            "description": None,
+            "images": [],
+            "marketing_features": [],
+            "metadata": {},
+            "package_dimensions": None,
+            "shippable": None,
+            "statement_descriptor": None,
+            "tax_code": None,
+            "type": "service",
+            "unit_label": None,
+            "url": None,
+        },
+    ),
+    "price": _Kind(
+        "price",
+        "price",
+        "price",
+        {
+            "custom_unit_amount": None,
+            "lookup_key": None,
+            "metadata": {},
+            "nickname": None,
+            "recurring": None,
+            "tax_behavior": "unspecified",
+            "tiers_mode": None,
+            "transform_quantity": None,
+            "type": "one_time",
+            "unit_amount": None,
+            "unit_amount_decimal": None,
+        },
+    ),
+    "webhook_endpoint": _Kind(
+        "we",
+        "webhook_endpoint",
+        "webhook endpoint",
+        {"api_version": None, "application": None, "description": None, "metadata": {}},
+    ),
+    "customer": _Kind(
+        "cus",
+        "customer",
+        "customer",
+        {"description": None, "discount": None, "email": None, "metadata": {}, "name": None},
+    ),
+    "subscription": _Kind(
+        "sub",
+        "subscription",
+        "subscription",
+        {
+            "application": None,
+            "application_fee_percent": None,
+            "billing_cycle_anchor_config": None,
+            "billing_thresholds": None,
+            "cancel_at": None,
+            "cancel_at_period_end": False,
+            "canceled_at": None,
+            "cancellation_details": {"comment": None, "feedback": None, "reason": None},
+            "days_until_due": None,
+            "description": None,
+            "discounts": [],
+            "ended_at": None,
+            "latest_invoice": None,
+            "next_pending_invoice_item_invoice": None,
+            "pause_collection": None,
+            "pending_invoice_item_interval": None,
+            "pending_setup_intent": None,
+            "pending_update": None,
+            "schedule": None,
+            "status": "active",
+            "test_clock": None,
+            "transfer_data": None,
+            "trial_end": None,
+            "trial_start": None,
+        },
+    ),
+    "invoice": _Kind(
+        "in",
+        "invoice",
+        "invoice",
+        {
+            "amount_overpaid": 0,
+            "amount_paid": 0,
+            "automatically_finalizes_at": None,
+            "billing_reason": "subscription_cycle",
+            "discounts": [],
+            "due_date": None,
+            "effective_at": None,
+            "from_invoice": None,
+            "last_finalization_error": None,
+            "metadata": {},
+            "number": None,
+            "shipping_cost": None,
+            "status_transitions": {
+                "finalized_at": None,
+                "marked_uncollectible_at": None,
+                "paid_at": None,
+                "voided_at": None,
+            },
+            "total_discount_amounts": [],
+            "total_pretax_credit_amounts": [],
+            "total_taxes": [],
+            "webhooks_delivered_at": None,
+        },
+    ),
+}
+
+_V2_DESTINATION = "v2.core.event_destination"
+
+
+# --- routing --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Route:
+    method: str
+    pattern: re.Pattern[str]
+    handler: Handler
+    params: Any  # the SDK's *Params TypedDict: the parameters Stripe knows for this call
+    # (customer, event_name) of a meter event: at most one such call in flight
+    concurrency: Callable[[StripeDouble, _Params], tuple[str, str] | None] | None = None
+
+
+def _route(
+    method: str,
+    template: str,
+    handler: Handler,
+    params: Any,
+    concurrency: Callable[[StripeDouble, _Params], tuple[str, str] | None] | None = None,
+) -> _Route:
+    pattern = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template) + "$")
+    return _Route(method, pattern, handler, params, concurrency)
+
+
+def _check_params(route: _Route, params: _Params, v2: bool) -> None:
+    known = (route.params.__required_keys__ | route.params.__optional_keys__) - _REQUEST_OPTIONS
+    known |= {"page"} if v2 else {"expand"}  # v2 list pages come back as `page` tokens
+    for key in params.data:
+        if key not in known:
+            raise _invalid(f"Received unknown parameter: {key}", key)
+    for key in sorted(route.params.__required_keys__ - _REQUEST_OPTIONS):
+        if key not in params.data:
+            raise _missing(key)
+
+
+@dataclass
+class _FailureRule:
+    kind: FailureKind
+    share: float
+    path_prefix: str
+    stall_seconds: float
+    rng: random.Random
+
+    def hits(self, path: str) -> bool:
+        return path.startswith(self.path_prefix) and self.rng.random() < self.share
+
+
+class _Dropped(Exception):
+    """Close the connection without an answer."""
+
+
+# --- the double -----------------------------------------------------------------------------------
+
+
+class StripeDouble:
+    """A fake Stripe API on 127.0.0.1 (a random free port), for the real stripe SDK."""
+
+    api_key: str = "sk_test_double"
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.now: Callable[[], int] | None = None
+        self.delay = 0.0
+        self.identifiers_seen: collections.Counter[str] = collections.Counter()
+        self.requests: list[tuple[str, str]] = []
+        self.max_concurrent_per_customer_meter = 0
+        # url -> signing secret of every webhook endpoint / event destination created
+        self.signing_secrets: dict[str, str] = {}
+        self._lock = threading.RLock()
+        self._stopping = threading.Event()
+        self._objects: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in _KINDS}
+        self._objects[_V2_DESTINATION] = {}
+        self._events: list[dict[str, Any]] = []
+        self._in_flight: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._failures: list[_FailureRule] = []
+        self._idempotent: dict[str, tuple[str, dict[str, Any], int, dict[str, Any]]] = {}
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._connections: set[socket.socket] = set()
+
+    # lifecycle
+
+    def start(self) -> None:
+        if self._server is not None:
+            return
+        self._stopping.clear()
+        self._server = _Server(("127.0.0.1", 0), _HTTPHandler)
+        self._server.double = self
+        host, port = self._server.server_address[:2]
+        self.url = f"http://{host!s}:{port}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="stripe-double",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self._stopping.set()  # wakes stalled and delayed requests
+        server.shutdown()
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> StripeDouble:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # failure injection
+
+    def fail(
+        self,
+        kind: FailureKind,
+        share: float,
+        *,
+        path_prefix: str = "/v1/billing/meter_events",
+        seed: int = 0,
+        stall_seconds: float = 30.0,
+    ) -> None:
+        """Fail `share` of the requests whose path starts with `path_prefix` (a seeded draw per
+        request). A rule replaces one of the same kind and prefix; rules of other kinds add up
+        (the first whose draw hits applies)."""
+        if kind not in ("429", "500", "stall", "drop", "drop_before"):
+            raise ValueError(f"unknown failure kind {kind!r}")
+        rule = _FailureRule(kind, share, path_prefix, stall_seconds, random.Random(seed))
+        with self._lock:
+            self._failures = [
+                r for r in self._failures if (r.kind, r.path_prefix) != (kind, path_prefix)
+            ]
+            self._failures.append(rule)
+
+    def heal(self) -> None:
+        with self._lock:
+            self._failures = []
+
+    # state for assertions
+
+    def meter_total(self, customer: str, event_name: str) -> int:
+        with self._lock:
+            return sum(
+                e["value"]
+                for e in self._events
+                if e["customer"] == customer and e["event_name"] == event_name
+            )
+
+    def meter_events(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(e) for e in self._events]
+
+    def get_object(self, object_id: str) -> dict[str, Any]:
+        """The stored object with that id, as the API renders it (without expansions)."""
+        with self._lock:
+            kind, obj = self._find(object_id)
+            return self._render(kind, obj)
+
+    # seeding
+
+    def add_customer(self, customer_id: str | None = None) -> str:
+        with self._lock:
+            return str(self._new("customer", {"id": customer_id} if customer_id else {})["id"])
+
+    def add_meter(self, event_name: str, *, display_name: str | None = None) -> str:
+        """An active sum meter keyed by `stripe_customer_id` / `value`."""
+        with self._lock:
+            params = {
+                "display_name": display_name or event_name,
+                "event_name": event_name,
+                "default_aggregation": {"formula": "sum"},
+            }
+            return str(self._create_meter(_Params(params))["id"])
+
+    def add_subscription(
+        self,
+        customer: str,
+        price_ids: list[str],
+        *,
+        metadata: dict[str, str] | None = None,
+        period: tuple[int, int] | None = None,
+    ) -> str:
+        """An active subscription with one item per price. Its period is this UTC month of
+        `now`, unless `period` = (start, end) says otherwise. An unknown customer is created."""
+        with self._lock:
+            if customer not in self._objects["customer"]:
+                self.add_customer(customer)
+            prices = [self._get("price", price_id, param="price") for price_id in price_ids]
+            start, end = period or _month_bounds(self._now())
+            subscription_id = _new_id("sub")
+            items = []
+            for price in prices:
+                item = _fixture("subscription_item")
+                item.update(
+                    id=_new_id("si"),
+                    created=start,
+                    metadata={},
+                    price=price["id"],  # rendered as the price object
+                    quantity=None if _is_metered(price) else 1,
+                    subscription=subscription_id,
+                    current_period_start=start,
+                    current_period_end=end,
+                    billing_thresholds=None,
+                )
+                items.append(item)
+            subscription = self._new(
+                "subscription",
+                {
+                    "id": subscription_id,
+                    "customer": customer,
+                    "currency": prices[0]["currency"] if prices else "usd",
+                    "metadata": dict(metadata or {}),
+                    "billing_cycle_anchor": start,
+                    "created": start,
+                    "start_date": start,
+                    "items": {
+                        "object": "list",
+                        "data": items,
+                        "has_more": False,
+                        "total_count": len(items),
+                        "url": f"/v1/subscription_items?subscription={subscription_id}",
+                    },
+                },
+            )
+            return str(subscription["id"])
+
+    def add_invoice(self, customer: str, *, subscription: str | None = None, **fields: Any) -> str:
+        """An invoice for GET /v1/invoices; `fields` override the invoice's top-level fields."""
+        with self._lock:
+            invoice = self._blank_invoice(_new_id("in"), customer, subscription)
+            invoice.update(fields)
+            self._objects["invoice"][invoice["id"]] = invoice
+            return str(invoice["id"])
+
+    # internals: time, store, rendering
+
+    def _now(self) -> int:
+        return int(self.now()) if self.now is not None else int(time.time())
+
+    def _new(self, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
+        spec = _KINDS[kind]
+        obj = _fixture(spec.fixture)
+        obj.update(copy.deepcopy(spec.blank))
+        obj.update(id=_new_id(spec.prefix), created=self._now(), livemode=False)
+        if "updated" in obj:
+            obj["updated"] = obj["created"]
+        obj.update(fields)
+        if obj["id"] in self._objects[kind]:
+            raise _invalid(f"A {spec.noun} with id {obj['id']} already exists.", "id")
+        self._objects[kind][obj["id"]] = obj
+        return obj
+
+    def _get(self, kind: str, object_id: str, *, param: str = "id") -> dict[str, Any]:
+        obj = self._objects[kind].get(object_id)
+        if obj is None:
+            raise _no_such(kind, object_id, param, status=404 if param == "id" else 400)
+        return obj
+
+    def _find(self, object_id: str) -> tuple[str, dict[str, Any]]:
+        for kind, objects in self._objects.items():
+            if object_id in objects:
+                return kind, objects[object_id]
+        raise KeyError(object_id)
+
+    def _render(self, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+        out = copy.deepcopy(obj)
+        if kind == "price":
+            out.pop("tiers", None)  # only with expand=["tiers"], as on Stripe
+        elif kind == "subscription":
+            for item in out["items"]["data"]:
+                price = self._objects["price"][item["price"]]
+                item["price"] = self._render("price", price)
+                item["plan"] = _plan(item.get("plan") or {}, price)
+        elif kind == _V2_DESTINATION:
+            out["webhook_endpoint"] = {"signing_secret": None, "url": None}
+        return out
+
+    def _expand(self, obj: dict[str, Any], paths: list[str]) -> dict[str, Any]:
+        for path in paths:
+            self._expand_path(obj, path.split("."), path)
+        return obj
+
+    def _expand_path(self, node: Any, segments: list[str], path: str) -> None:
+        if isinstance(node, list):
+            for element in node:
+                self._expand_path(element, segments, path)
+            return
+        if not isinstance(node, dict) or (segments[0] not in node and segments[0] != "tiers"):
+            raise _invalid(f"This property cannot be expanded ({path}).", "expand")
+        head, rest = segments[0], segments[1:]
+        if rest:
+            self._expand_path(node[head], rest, path)
+        elif head == "tiers" and node.get("object") == "price":
+            node["tiers"] = copy.deepcopy(self._objects["price"][node["id"]].get("tiers"))
+        elif isinstance(node[head], str):
+            try:
+                kind, target = self._find(node[head])
+            except KeyError:
+                raise _invalid(f"This property cannot be expanded ({path}).", "expand") from None
+            node[head] = self._render(kind, target)
+        elif node[head] is not None and not isinstance(node[head], dict):
+            raise _invalid(f"This property cannot be expanded ({path}).", "expand")
+
+    def _reply(self, kind: str, obj: dict[str, Any], req: _Request) -> dict[str, Any]:
+        return self._expand(self._render(kind, obj), req.expand)
+
+    def _list(
+        self, req: _Request, kind: str, keep: Callable[[dict[str, Any]], bool] = lambda _: True
+    ) -> dict[str, Any]:
+        """A v1 list, newest first, with `limit`, `starting_after`, `ending_before`."""
+        p = req.params
+        limit = p.integer("limit")
+        limit = 10 if limit is None else limit
+        if not 1 <= limit <= 100:
+            raise _invalid("Invalid limit: must be between 1 and 100", "limit")
+        ordered = list(reversed(self._objects[kind].values()))
+        ids = [o["id"] for o in ordered]
+        for cursor in ("starting_after", "ending_before"):
+            object_id = p.text(cursor)
+            if object_id is None:
+                continue
+            if object_id not in ids:
+                raise _no_such(kind, object_id, cursor, status=400)
+            at = ids.index(object_id)
+            ordered = ordered[at + 1 :] if cursor == "starting_after" else ordered[:at]
+        matching = [o for o in ordered if keep(o)]
+        page = matching[-limit:] if "ending_before" in p else matching[:limit]
+        listing = {
+            "object": "list",
+            "data": [self._render(kind, o) for o in page],
+            "has_more": len(matching) > limit,
+            "url": req.path,
+        }
+        return self._expand(listing, req.expand)
+
+    # meter events
+
+    def _meter_for(self, event_name: str | None) -> dict[str, Any] | None:
+        for meter in self._objects["billing.meter"].values():
+            if meter["event_name"] == event_name and meter["status"] == "active":
+                return meter
+        return None
+
+    def _payload_keys(self, event_name: str | None) -> tuple[str, str]:
+        meter = self._meter_for(event_name)
+        if meter is None:
+            return "stripe_customer_id", "value"
+        return (
+            meter["customer_mapping"]["event_payload_key"],
+            meter["value_settings"]["event_payload_key"],
+        )
+
+    def _meter_event_slot(self, p: _Params) -> tuple[str, str] | None:
+        event_name = p.data.get("event_name")
+        payload = p.data.get("payload")
+        if not isinstance(event_name, str) or not isinstance(payload, dict):
+            return None
+        customer = payload.get(self._payload_keys(event_name)[0])
+        return (customer, event_name) if isinstance(customer, str) else None
+
+    def _create_meter_event(self, req: _Request) -> dict[str, Any]:
+        p = req.params
+        event_name = p.text("event_name", required=True, max_length=100)
+        payload = p.hash("payload", required=True)
+        identifier = p.text("identifier", max_length=ID_MAX_LENGTH) or _new_id("mev")
+        now = self._now()
+        timestamp = p.integer("timestamp")
+        timestamp = now if timestamp is None else timestamp
+        if not now - EVENT_MAX_AGE <= timestamp <= now + EVENT_MAX_AHEAD:
+            raise _invalid(
+                "The timestamp must be within the past 35 calendar days and no more than "
+                "5 minutes in the future.",
+                "timestamp",
+            )
+        meter = self._meter_for(event_name)
+        if meter is None:
+            raise _invalid(
+                f"No active meter was found for event_name '{event_name}'.", "event_name"
+            )
+        customer_key, value_key = self._payload_keys(event_name)
+        customer = payload.text(customer_key, required=True)
+        raw_value = payload.text(value_key, required=True)
+        if not re.fullmatch(r"\d+", raw_value) or int(raw_value) <= 0:
+            raise _invalid(
+                f"Invalid value for payload[{value_key}]: must be a positive whole number.",
+                f"payload[{value_key}]",
+            )
+        if identifier in self.identifiers_seen:
+            raise _invalid(f"An event already exists with identifier {identifier}.", "identifier")
+        self.identifiers_seen[identifier] += 1
+        self._events.append(
+            {
+                "identifier": identifier,
+                "event_name": event_name,
+                "customer": customer,
+                "value": int(raw_value),
+                "timestamp": timestamp,
+            }
+        )
+        event = _fixture("billing.meter_event")
+        event.update(
+            created=now,
+            event_name=event_name,
+            identifier=identifier,
+            livemode=False,
+            payload=dict(payload.data),
+            timestamp=timestamp,
+        )
+        return event
+
+    # meters
+
+    def _create_meter(self, p: _Params) -> dict[str, Any]:
+        display_name = p.text("display_name", required=True, max_length=250)
+        event_name = p.text("event_name", required=True, max_length=100)
+        formula = p.hash("default_aggregation", required=True).choice(
+            "formula", ("count", "last", "sum")
+        )
+        mapping = p.hash("customer_mapping")
+        values = p.hash("value_settings")
+        window = p.text("event_time_window")
+        if window not in (None, "day", "hour"):
+            raise _invalid(
+                "Invalid event_time_window: must be one of day, hour", "event_time_window"
+            )
+        if self._meter_for(event_name) is not None:
+            raise _invalid(
+                f"An active meter with event_name '{event_name}' already exists.", "event_name"
+            )
+        return self._new(
+            "billing.meter",
+            {
+                "display_name": display_name,
+                "event_name": event_name,
+                "default_aggregation": {"formula": formula},
+                "customer_mapping": {
+                    "event_payload_key": mapping.text("event_payload_key", max_length=100)
+                    or "stripe_customer_id",
+                    "type": mapping.choice("type", ("by_id",), default="by_id"),
+                },
+                "value_settings": {
+                    "event_payload_key": values.text("event_payload_key", max_length=100) or "value"
+                },
+                "event_time_window": window,
+                "status_transitions": {"deactivated_at": None},
+            },
+        )
+
+    def _meters_create(self, req: _Request) -> dict[str, Any]:
+        return self._reply("billing.meter", self._create_meter(req.params), req)
+
+    def _meters_list(self, req: _Request) -> dict[str, Any]:
+        status = req.params.text("status")
+        return self._list(req, "billing.meter", lambda m: status in (None, m["status"]))
+
+    # products
+
+    def _create_product(self, p: _Params) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "name": p.text("name", required=True, max_length=250),
+            "active": p.boolean("active") is not False,
+            "description": p.text("description"),
+            "metadata": p.metadata(),
+            "unit_label": p.text("unit_label"),
+        }
+        if "id" in p:
+            fields["id"] = p.text("id")
+        return self._new("product", fields)
+
+    def _products_create(self, req: _Request) -> dict[str, Any]:
+        return self._reply("product", self._create_product(req.params), req)
+
+    def _products_list(self, req: _Request) -> dict[str, Any]:
+        ids = set(req.params.array("ids"))
+        active = req.params.boolean("active")
+        return self._list(
+            req,
+            "product",
+            lambda o: (not ids or o["id"] in ids) and active in (None, o["active"]),
+        )
+
+    # prices
+
+    def _claim_lookup_key(self, price: dict[str, Any], key: str | None, transfer: bool) -> None:
+        if key is None or key == price.get("lookup_key"):
+            return
+        for other in self._objects["price"].values():
+            if other is not price and other["lookup_key"] == key:
+                if not transfer:
+                    raise _invalid(
+                        f"A price (`{other['id']}`) already uses that lookup key.", "lookup_key"
+                    )
+                other["lookup_key"] = None
+        price["lookup_key"] = key
+
+    def _prices_create(self, req: _Request) -> dict[str, Any]:
+        p = req.params
+        currency = p.text("currency", required=True).lower()
+        if "product" in p:
+            product = self._get("product", p.text("product"), param="product")
+        elif "product_data" in p:
+            product = self._create_product(p.hash("product_data"))
+        else:
+            raise _missing("product")
+        scheme = p.choice("billing_scheme", ("per_unit", "tiered"), default="per_unit")
+        fields: dict[str, Any] = {
+            "active": p.boolean("active") is not False,
+            "billing_scheme": scheme,
+            "currency": currency,
+            "metadata": p.metadata(),
+            "nickname": p.text("nickname"),
+            "product": product["id"],
+            "tax_behavior": p.text("tax_behavior") or "unspecified",
+        }
+        if scheme == "tiered":
+            if "unit_amount" in p or "unit_amount_decimal" in p:
+                raise _invalid(
+                    "You may not specify unit_amount for a price with billing_scheme=tiered.",
+                    "unit_amount",
+                )
+            fields["tiers_mode"] = p.choice("tiers_mode", ("graduated", "volume"))
+            fields["tiers"] = _parse_tiers(p)
+        else:
+            if "tiers" in p or "tiers_mode" in p:
+                raise _invalid("Tiers require billing_scheme=tiered.", "tiers")
+            fields.update(_unit_amount(p, "unit_amount", "unit_amount_decimal", required=True))
+        if "recurring" in p:
+            fields.update(type="recurring", recurring=self._recurring(p.hash("recurring")))
+        price = self._new("price", fields)
+        key = p.text("lookup_key", max_length=200)
+        try:
+            self._claim_lookup_key(price, key, bool(p.boolean("transfer_lookup_key")))
+        except StripeApiError:
+            del self._objects["price"][price["id"]]
+            raise
+        return self._reply("price", price, req)
+
+    def _recurring(self, r: _Params) -> dict[str, Any]:
+        usage_type = r.choice("usage_type", ("licensed", "metered"), default="licensed")
+        meter_id = r.text("meter")
+        if usage_type == "metered" and meter_id is None:
+            raise _invalid(
+                "A metered price requires a meter: set recurring[meter].", "recurring[meter]"
+            )
+        if meter_id is not None:
+            meter = self._get("billing.meter", meter_id, param="recurring[meter]")
+            if meter["status"] != "active":
+                raise _invalid("The meter is not active.", "recurring[meter]")
+        interval_count = r.integer("interval_count")
+        return {
+            "interval": r.choice("interval", ("day", "month", "week", "year")),
+            "interval_count": 1 if interval_count is None else interval_count,
+            "meter": meter_id,
+            "usage_type": usage_type,
+            "trial_period_days": r.integer("trial_period_days"),
+        }
+
+    def _prices_update(self, req: _Request) -> dict[str, Any]:
+        p = req.params
+        price = self._get("price", req.args["id"])
+        if "lookup_key" in p or p.data.get("lookup_key") == "":
+            key = p.text("lookup_key", max_length=200)
+            if key is None:
+                price["lookup_key"] = None
+            else:
+                self._claim_lookup_key(price, key, bool(p.boolean("transfer_lookup_key")))
+        if p.boolean("active") is not None:
+            price["active"] = p.boolean("active")
+        if "nickname" in p:
+            price["nickname"] = p.text("nickname")
+        if "tax_behavior" in p:
+            price["tax_behavior"] = p.text("tax_behavior")
+        price["metadata"] = p.metadata(price["metadata"])
+        return self._reply("price", price, req)
+
+    def _prices_list(self, req: _Request) -> dict[str, Any]:
+        p = req.params
+        lookup_keys = set(p.array("lookup_keys"))
+        if len(lookup_keys) > 10:
+            raise _invalid("You may pass at most 10 lookup_keys.", "lookup_keys")
+        active = p.boolean("active")
+        recurring = p.hash("recurring")
+        wanted = {
+            "product": p.text("product"),
+            "currency": p.text("currency"),
+            "type": p.text("type"),
+        }
+        wanted_recurring = {
+            k: recurring.text(k) for k in ("interval", "meter", "usage_type") if k in recurring
+        }
+
+        def keep(price: dict[str, Any]) -> bool:
+            return (
+                (not lookup_keys or price["lookup_key"] in lookup_keys)
+                and active in (None, price["active"])
+                and all(v in (None, price[k]) for k, v in wanted.items())
+                and all((price["recurring"] or {}).get(k) == v for k, v in wanted_recurring.items())
+            )
+
+        return self._list(req, "price", keep)
+
+    # webhook endpoints (v1) and event destinations (v2)
+
+    def _webhook_endpoints_create(self, req: _Request) -> dict[str, Any]:
+        p = req.params
+        url = p.text("url", required=True, max_length=5000)
+        events = [str(e) for e in p.array("enabled_events", required=True)]
+        if not events:
+            raise _missing("enabled_events")
+        endpoint = self._new(
+            "webhook_endpoint",
+            {
+                "url": url,
+                "enabled_events": events,
+                "api_version": p.text("api_version"),
+                "description": p.text("description"),
+                "metadata": p.metadata(),
+                "status": "enabled",
+            },
+        )
+        secret = "whsec_" + secrets.token_hex(24)
+        self.signing_secrets[url] = secret
+        return {**self._reply("webhook_endpoint", endpoint, req), "secret": secret}
+
+    def _destinations_create(self, req: _Request) -> dict[str, Any]:
+        p = req.params
+        kind = p.choice("type", ("amazon_eventbridge", "azure_event_grid", "webhook_endpoint"))
+        payload = p.choice("event_payload", ("snapshot", "thin"))
+        if kind != "webhook_endpoint":
+            raise _invalid("The Stripe double only supports type=webhook_endpoint.", "type")
+        url = p.hash("webhook_endpoint", required=True).text("url", required=True)
+        api_version = p.text("snapshot_api_version")
+        if payload == "thin" and api_version is not None:
+            raise _invalid(
+                "snapshot_api_version is only allowed for snapshot events.",
+                "snapshot_api_version",
+            )
+        now = self._now()
+        destination = {
+            "id": _new_id("ed"),
+            "object": _V2_DESTINATION,
+            "amazon_eventbridge": None,
+            "azure_event_grid": None,
+            "created": _iso(now),
+            "description": p.text("description") or "",
+            "enabled_events": [str(e) for e in p.array("enabled_events", required=True)],
+            "event_payload": payload,
+            "events_from": p.array("events_from") or None,
+            "livemode": False,
+            "metadata": dict(p.hash("metadata").data),
+            "name": p.text("name", required=True),
+            "snapshot_api_version": api_version,
+            "status": "enabled",
+            "status_details": None,
+            "type": kind,
+            "updated": _iso(now),
+            "url": url,  # internal: shown only with include=["webhook_endpoint.url"]
+        }
+        self._objects[_V2_DESTINATION][destination["id"]] = destination
+        secret = "whsec_" + secrets.token_hex(24)
+        self.signing_secrets[url] = secret
+        out = self._render_destination(destination, p.array("include"))
+        if "webhook_endpoint.signing_secret" in p.array("include"):
+            out["webhook_endpoint"]["signing_secret"] = secret
+        return out
+
+    def _render_destination(
+        self, destination: dict[str, Any], include: list[Any]
+    ) -> dict[str, Any]:
+        out = self._render(_V2_DESTINATION, destination)
+        url = out.pop("url")
+        if "webhook_endpoint.url" in include:
+            out["webhook_endpoint"]["url"] = url
+        return out
+
+    def _destinations_list(self, req: _Request) -> dict[str, Any]:
+        """A v2 list: `data` and `next_page_url` (page tokens are offsets)."""
+        p = req.params
+        limit = p.integer("limit") or 20
+        offset = p.integer("page") or 0
+        include = p.array("include")
+        ordered = list(reversed(self._objects[_V2_DESTINATION].values()))
+        page = ordered[offset : offset + limit]
+        next_url = None
+        if offset + limit < len(ordered):
+            extra = "".join(f"&include[{i}]={value}" for i, value in enumerate(include))
+            next_url = f"{req.path}?limit={limit}&page={offset + limit}{extra}"
+        return {
+            "data": [self._render_destination(d, include) for d in page],
+            "next_page_url": next_url,
+            "previous_page_url": None,
+        }
+
+    def _destinations_retrieve(self, req: _Request) -> dict[str, Any]:
+        destination = self._get(_V2_DESTINATION, req.args["id"])
+        return self._render_destination(destination, req.params.array("include"))
+
+    # customers, subscriptions, invoices
+
+    def _customers_create(self, req: _Request) -> dict[str, Any]:
+        p = req.params
+        fields = {"email": p.text("email"), "name": p.text("name"), "metadata": p.metadata()}
+        return self._reply("customer", self._new("customer", fields), req)
+
+    def _invoices_list(self, req: _Request) -> dict[str, Any]:
+        wanted = {k: req.params.text(k) for k in ("customer", "subscription", "status")}
+
+        def keep(invoice: dict[str, Any]) -> bool:
+            actual = {
+                "customer": invoice["customer"],
+                "subscription": _invoice_subscription(invoice),
+                "status": invoice["status"],
+            }
+            return all(v in (None, actual[k]) for k, v in wanted.items())
+
+        return self._list(req, "invoice", keep)
+
+    def _blank_invoice(
+        self, invoice_id: str, customer: str, subscription: dict[str, Any] | str | None
+    ) -> dict[str, Any]:
+        invoice = _fixture("invoice")
+        invoice.update(copy.deepcopy(_KINDS["invoice"].blank))
+        invoice.pop("subscription", None)  # gone from the API since 2025-03-31
+        sub = (
+            self._objects["subscription"].get(subscription)
+            if isinstance(subscription, str)
+            else subscription
+        )
+        now = self._now()
+        invoice.update(
+            id=invoice_id,
+            created=now,
+            customer=customer,
+            livemode=False,
+            lines={
+                "object": "list",
+                "data": [],
+                "has_more": False,
+                "url": f"/v1/invoices/{invoice_id}/lines",
+            },
+            parent=None,
+            period_start=now,
+            period_end=now,
+            status="draft",
+        )
+        if sub is not None:
+            invoice["parent"] = {
+                "type": "subscription_details",
+                "quote_details": None,
+                "subscription_details": {
+                    "metadata": dict(sub["metadata"]),
+                    "subscription": sub["id"],
+                },
+            }
+        elif subscription is not None:
+            invoice["parent"] = {
+                "type": "subscription_details",
+                "quote_details": None,
+                "subscription_details": {"metadata": {}, "subscription": subscription},
+            }
+        return invoice
+
+    def _invoices_preview(self, req: _Request) -> dict[str, Any]:
+        p = req.params
+        customer_id = p.text("customer")
+        subscription_id = p.text("subscription")
+        if subscription_id is not None:
+            sub = self._get("subscription", subscription_id, param="subscription")
+            if customer_id is not None and customer_id != sub["customer"]:
+                raise _invalid(
+                    f"The subscription {subscription_id} does not belong to customer "
+                    f"{customer_id}.",
+                    "subscription",
+                )
+        elif customer_id is not None:
+            self._get("customer", customer_id, param="customer")
+            subs = [
+                s
+                for s in self._objects["subscription"].values()
+                if s["customer"] == customer_id and s["status"] != "canceled"
+            ]
+            if not subs:
+                raise _invalid(
+                    f"No upcoming invoices for customer: {customer_id}",
+                    code="invoice_upcoming_none",
+                )
+            sub = subs[-1]
+        else:
+            raise _missing("customer")
+        if sub["status"] == "canceled":
+            raise _invalid(
+                f"No upcoming invoices for customer: {sub['customer']}",
+                code="invoice_upcoming_none",
+            )
+        invoice_id = _new_id("upcoming_in")
+        invoice = self._blank_invoice(invoice_id, sub["customer"], sub)
+        items = sub["items"]["data"]
+        lines = [self._preview_line(invoice_id, sub, item) for item in items]
+        total = sum(line["amount"] for line in lines)
+        start = items[0]["current_period_start"] if items else invoice["period_start"]
+        end = items[0]["current_period_end"] if items else invoice["period_end"]
+        invoice.update(
+            amount_due=total,
+            amount_remaining=total,
+            currency=sub["currency"],
+            next_payment_attempt=end + 3600,
+            period_start=start,
+            period_end=end,
+            subtotal=total,
+            subtotal_excluding_tax=total,
+            total=total,
+            total_excluding_tax=total,
+        )
+        invoice["lines"]["data"] = lines
+        return self._expand(invoice, req.expand)
+
+    def _preview_line(
+        self, invoice_id: str, sub: dict[str, Any], item: dict[str, Any]
+    ) -> dict[str, Any]:
+        price = self._objects["price"][item["price"]]
+        product = self._objects["product"].get(price["product"], {})
+        start, end = item["current_period_start"], item["current_period_end"]
+        if _is_metered(price):
+            meter = self._objects["billing.meter"][price["recurring"]["meter"]]
+            values = [
+                e["value"]
+                for e in self._events
+                if e["customer"] == sub["customer"]
+                and e["event_name"] == meter["event_name"]
+                and start <= e["timestamp"] < end
+            ]
+            quantity = _aggregate(meter["default_aggregation"]["formula"], values)
+        else:
+            quantity = item["quantity"] or 1
+            start, end = end, _add_month(end)  # licensed prices bill the coming period
+        description = f"{quantity} \N{MULTIPLICATION SIGN} {product.get('name', price['id'])}"
+        amount = _amount(price, quantity)
+        line: dict[str, Any] = _fixture("invoice")["lines"]["data"][0]
+        line.update(
+            id=_new_id("il_tmp"),
+            amount=amount,
+            currency=price["currency"],
+            description=description,
+            discount_amounts=[],
+            invoice=invoice_id,
+            livemode=False,
+            metadata={},
+            period={"start": start, "end": end},
+            pretax_credit_amounts=[],
+            quantity=quantity,
+            quantity_decimal=str(quantity),
+            subscription=sub["id"],
+            subtotal=amount,
+            taxes=[],
+            parent={
+                "type": "subscription_item_details",
+                "invoice_item_details": None,
+                "subscription_item_details": {
+                    "invoice_item": None,
+                    "proration": False,
+                    "proration_details": {"credited_items": None},
+                    "subscription": sub["id"],
+                    "subscription_item": item["id"],
+                },
+            },
+            pricing={
+                "type": "price_details",
+                "price_details": {"price": price["id"], "product": price["product"]},
+                "unit_amount_decimal": price["unit_amount_decimal"],
+            },
+        )
+        return line
+
+    # serving
+
+    def _track(self, connection: socket.socket, open_: bool) -> None:
+        with self._lock:
+            if open_:
+                self._connections.add(connection)
+            else:
+                self._connections.discard(connection)
+
+    def _sleep(self, seconds: float) -> None:
+        if seconds > 0 and self._stopping.wait(seconds):
+            raise _Dropped  # stopping: never answer
+
+    def _match(self, method: str, path: str) -> tuple[_Route, dict[str, str]]:
+        for route in _ROUTES:
+            match = route.pattern.match(path)
+            if match is not None and route.method == method:
+                return route, match.groupdict()
+        raise StripeApiError(
+            404, f"Unrecognized request URL ({method}: {path}).", code="resource_missing"
+        )
+
+    def _authenticate(self, authorization: str | None) -> None:
+        if not authorization:
+            raise StripeApiError(
+                401,
+                "You did not provide an API key. Provide it in the Authorization header, "
+                "using Bearer auth.",
+                type="authentication_error",
+            )
+        if authorization != f"Bearer {self.api_key}":
+            key = authorization.removeprefix("Bearer ")
+            raise StripeApiError(
+                401,
+                f"Invalid API Key provided: {key[:8]}****{key[-4:]}",
+                type="authentication_error",
+                code="api_key_invalid",
+            )
+
+    def _draw_failure(self, path: str) -> _FailureRule | None:
+        with self._lock:
+            for rule in self._failures:
+                if rule.hits(path):
+                    return rule
+        return None
+
+    def dispatch(
+        self, method: str, target: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, dict[str, Any]]:
+        """Answer one request: (status, JSON body). Raises _Dropped to close unanswered."""
+        split = urlsplit(target)
+        path = split.path
+        with self._lock:
+            self.requests.append((method, path))
+        rule = None
+        try:
+            self._authenticate(headers.get("authorization"))
+            route, args = self._match(method, path)
+            rule = self._draw_failure(path)
+            if rule is not None and rule.kind in ("429", "500", "drop_before"):
+                self._sleep(self.delay)
+                if rule.kind == "drop_before":
+                    raise _Dropped
+                if rule.kind == "429":
+                    raise _rate_limited("Request rate limit exceeded (injected).")
+                raise StripeApiError(500, "An unknown error occurred (injected).", type="api_error")
+            stalled = rule is not None and rule.kind == "stall"
+            if rule is not None and stalled:
+                self._sleep(rule.stall_seconds)  # the client gives up; the work happens anyway
+            request = self._parse(route, method, path, args, split.query, body)
+            # A stalled call is Stripe working late on a call its client gave up on: it neither
+            # counts as the client's concurrency nor is refused for it.
+            answer = self._execute(
+                route, request, headers.get("idempotency-key"), limit_concurrency=not stalled
+            )
+        except StripeApiError as error:
+            answer = error.status, error.body()
+        if rule is not None and rule.kind == "drop":
+            raise _Dropped
+        return answer
+
+    def _parse(
+        self, route: _Route, method: str, path: str, args: dict[str, str], query: str, body: bytes
+    ) -> _Request:
+        v2 = path.startswith("/v2/")
+        text = body.decode("utf-8", "replace")
+        if method == "POST" and v2:
+            try:
+                data = json.loads(text or "{}")
+            except json.JSONDecodeError:
+                raise _invalid("Invalid JSON body.") from None
+            if not isinstance(data, dict):
+                raise _invalid("Invalid JSON body: expected an object.")
+        else:
+            data = parse_form(text if method == "POST" else query)
+        params = _Params(data)
+        _check_params(route, params, v2)
+        return _Request(method, path, args, params, v2)
+
+    def _execute(
+        self,
+        route: _Route,
+        req: _Request,
+        idempotency_key: str | None,
+        *,
+        limit_concurrency: bool = True,
+    ) -> tuple[int, dict[str, Any]]:
+        if idempotency_key and req.method == "POST":
+            with self._lock:
+                stored = self._idempotent.get(idempotency_key)
+            if stored is not None:
+                path, params, status, body = stored
+                if (path, params) != (req.path, req.params.data):
+                    raise StripeApiError(
+                        400,
+                        "Keys for idempotent requests can only be used with the same "
+                        "parameters they were first used with. Try using a key other than "
+                        f"'{idempotency_key}' if you meant to execute a different request.",
+                        type="idempotency_error",
+                    )
+                return status, copy.deepcopy(body)
+        with self._lock:
+            slot = None
+            if route.concurrency is not None and limit_concurrency:
+                slot = route.concurrency(self, req.params)
+            if slot is not None:
+                self._in_flight[slot] += 1
+                self.max_concurrent_per_customer_meter = max(
+                    self.max_concurrent_per_customer_meter, self._in_flight[slot]
+                )
+                if self._in_flight[slot] > 1:
+                    self._in_flight[slot] -= 1
+                    raise _rate_limited()
+        try:
+            self._sleep(self.delay)
+            with self._lock:
+                try:
+                    status, body = 200, route.handler(self, req)
+                except StripeApiError as error:
+                    status, body = error.status, error.body()
+                if idempotency_key and req.method == "POST":
+                    self._idempotent[idempotency_key] = (
+                        req.path,
+                        copy.deepcopy(req.params.data),
+                        status,
+                        copy.deepcopy(body),
+                    )
+            return status, body
+        finally:
+            if slot is not None:
+                with self._lock:
+                    self._in_flight[slot] -= 1
+
+
+def _rate_limited(
+    message: str = "Request rate limit exceeded: only one concurrent call per customer and meter "
+    "is allowed. Retry with exponential backoff.",
+) -> StripeApiError:
+    return StripeApiError(429, message, code="rate_limit")
+
+
+# --- prices and amounts ---------------------------------------------------------------------------
+
+
+def _is_metered(price: dict[str, Any]) -> bool:
+    return bool(price["recurring"]) and price["recurring"]["usage_type"] == "metered"
+
+
+def _unit_amount(
+    p: _Params, int_key: str, decimal_key: str, *, required: bool = False
+) -> dict[str, Any]:
+    """{int_key, decimal_key} as Stripe returns them from one of the two parameters."""
+    if int_key in p and decimal_key in p:
+        raise _invalid(
+            f"You may only specify one of these parameters: {int_key}, {decimal_key}.",
+            _name(p.prefix, int_key),
+        )
+    if int_key in p:
+        amount = p.integer(int_key)
+        assert amount is not None
+        if amount < 0:
+            raise _invalid(f"Invalid {int_key}: must be >= 0", _name(p.prefix, int_key))
+        return {int_key: amount, decimal_key: str(amount)}
+    number = p.decimal(decimal_key)
+    if number is None:
+        if required:
+            raise _missing(_name(p.prefix, int_key))
+        return {int_key: None, decimal_key: None}
+    if number < 0:
+        raise _invalid(f"Invalid {decimal_key}: must be >= 0", _name(p.prefix, decimal_key))
+    whole = int(number) if number == number.to_integral_value() else None
+    return {int_key: whole, decimal_key: _fmt_decimal(number)}
+
+
+def _parse_tiers(p: _Params) -> list[dict[str, Any]]:
+    raw = p.array("tiers", required=True)
+    tiers: list[dict[str, Any]] = []
+    previous = 0
+    for index, entry in enumerate(raw):
+        if not isinstance(entry, dict):
+            raise _invalid("Invalid hash", f"tiers[{index}]")
+        t = _Params(entry, f"tiers[{index}]")
+        last = index == len(raw) - 1
+        up_to: int | None
+        if t.data.get("up_to") == "inf":
+            up_to = None
+        else:
+            up_to = t.integer("up_to", required=True)
+            assert up_to is not None
+            if up_to <= previous:
+                raise _invalid("Tiers must have increasing up_to values.", f"tiers[{index}][up_to]")
+            previous = up_to
+        if (up_to is None) != last:
+            raise _invalid(
+                "The last tier must have up_to=inf, and only the last.", f"tiers[{index}][up_to]"
+            )
+        tier = {"up_to": up_to}
+        tier.update(_unit_amount(t, "unit_amount", "unit_amount_decimal"))
+        tier.update(_unit_amount(t, "flat_amount", "flat_amount_decimal"))
+        if tier["unit_amount_decimal"] is None and tier["flat_amount_decimal"] is None:
+            raise _missing(f"tiers[{index}][unit_amount]")
+        tiers.append(tier)
+    return tiers
+
+
+def _aggregate(formula: str, values: list[int]) -> int:
+    if formula == "count":
+        return len(values)
+    if formula == "last":
+        return values[-1] if values else 0
+    return max(0, sum(values))
+
+
+def _amount(price: dict[str, Any], quantity: int) -> int:
+    """The line amount in the currency's minor unit, rounded half-up once per line."""
+    total = Decimal(0)
+    if price["billing_scheme"] != "tiered":
+        total = quantity * Decimal(price["unit_amount_decimal"] or 0)
+    elif price["tiers_mode"] == "volume":
+        for tier in price["tiers"]:
+            if tier["up_to"] is None or quantity <= tier["up_to"]:
+                total = quantity * Decimal(tier["unit_amount_decimal"] or 0) + Decimal(
+                    tier["flat_amount_decimal"] or 0
+                )
+                break
+    else:  # graduated: each tier prices its own slice of the quantity
+        floor = 0
+        for tier in price["tiers"]:
+            ceiling = quantity if tier["up_to"] is None else min(quantity, tier["up_to"])
+            units = max(0, ceiling - floor)
+            if units:
+                total += units * Decimal(tier["unit_amount_decimal"] or 0)
+                total += Decimal(tier["flat_amount_decimal"] or 0)
+            if tier["up_to"] is None or quantity <= tier["up_to"]:
+                break
+            floor = tier["up_to"]
+    return int(total.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def _plan(plan: dict[str, Any], price: dict[str, Any]) -> dict[str, Any]:
+    """The legacy `plan` mirror of a subscription item's price."""
+    recurring = price["recurring"] or {}
+    return {
+        **plan,
+        "id": price["id"],
+        "active": price["active"],
+        "amount": price["unit_amount"],
+        "amount_decimal": price["unit_amount_decimal"],
+        "billing_scheme": price["billing_scheme"],
+        "created": price["created"],
+        "currency": price["currency"],
+        "interval": recurring.get("interval"),
+        "interval_count": recurring.get("interval_count"),
+        "livemode": False,
+        "metadata": dict(price["metadata"]),
+        "meter": recurring.get("meter"),
+        "nickname": price["nickname"],
+        "product": price["product"],
+        "tiers_mode": price["tiers_mode"],
+        "transform_usage": None,
+        "usage_type": recurring.get("usage_type"),
+    }
+
+
+def _invoice_subscription(invoice: dict[str, Any]) -> str | None:
+    parent = invoice.get("parent") or {}
+    details = parent.get("subscription_details") or {}
+    subscription = details.get("subscription")
+    return subscription if isinstance(subscription, str) else None
+
+
+# --- the route table ------------------------------------------------------------------------------
+
+
+def _retriever(kind: str) -> Handler:
+    """GET /v1/<objects>/{id} for any kind the double stores."""
+
+    def handler(double: StripeDouble, req: _Request) -> dict[str, Any]:
+        return double._reply(kind, double._get(kind, req.args["id"]), req)
+
+    return handler
+
+
+_ROUTES: list[_Route] = [
+    _route(
+        "POST",
+        "/v1/billing/meter_events",
+        StripeDouble._create_meter_event,
+        pbilling.MeterEventCreateParams,
+        StripeDouble._meter_event_slot,
+    ),
+    _route("POST", "/v1/billing/meters", StripeDouble._meters_create, pbilling.MeterCreateParams),
+    _route("GET", "/v1/billing/meters", StripeDouble._meters_list, pbilling.MeterListParams),
+    _route(
+        "GET",
+        "/v1/billing/meters/{id}",
+        _retriever("billing.meter"),
+        pbilling.MeterRetrieveParams,
+    ),
+    _route("POST", "/v1/products", StripeDouble._products_create, p1.ProductCreateParams),
+    _route("GET", "/v1/products", StripeDouble._products_list, p1.ProductListParams),
+    _route("GET", "/v1/products/{id}", _retriever("product"), p1.ProductRetrieveParams),
+    _route("POST", "/v1/prices", StripeDouble._prices_create, p1.PriceCreateParams),
+    _route("GET", "/v1/prices", StripeDouble._prices_list, p1.PriceListParams),
+    _route("GET", "/v1/prices/{id}", _retriever("price"), p1.PriceRetrieveParams),
+    _route("POST", "/v1/prices/{id}", StripeDouble._prices_update, p1.PriceUpdateParams),
+    _route(
+        "POST",
+        "/v1/webhook_endpoints",
+        StripeDouble._webhook_endpoints_create,
+        p1.WebhookEndpointCreateParams,
+    ),
+    _route(
+        "GET",
+        "/v1/webhook_endpoints",
+        lambda d, r: d._list(r, "webhook_endpoint"),
+        p1.WebhookEndpointListParams,
+    ),
+    _route(
+        "GET",
+        "/v1/webhook_endpoints/{id}",
+        _retriever("webhook_endpoint"),
+        p1.WebhookEndpointRetrieveParams,
+    ),
+    _route(
+        "POST",
+        "/v2/core/event_destinations",
+        StripeDouble._destinations_create,
+        p2core.EventDestinationCreateParams,
+    ),
+    _route(
+        "GET",
+        "/v2/core/event_destinations",
+        StripeDouble._destinations_list,
+        p2core.EventDestinationListParams,
+    ),
+    _route(
+        "GET",
+        "/v2/core/event_destinations/{id}",
+        StripeDouble._destinations_retrieve,
+        p2core.EventDestinationRetrieveParams,
+    ),
+    _route("POST", "/v1/customers", StripeDouble._customers_create, p1.CustomerCreateParams),
+    _route("GET", "/v1/customers/{id}", _retriever("customer"), p1.CustomerRetrieveParams),
+    _route(
+        "GET",
+        "/v1/subscriptions/{id}",
+        _retriever("subscription"),
+        p1.SubscriptionRetrieveParams,
+    ),
+    _route("GET", "/v1/invoices", StripeDouble._invoices_list, p1.InvoiceListParams),
+    _route(
+        "POST",
+        "/v1/invoices/create_preview",
+        StripeDouble._invoices_preview,
+        p1.InvoiceCreatePreviewParams,
+    ),
+    _route("GET", "/v1/invoices/{id}", _retriever("invoice"), p1.InvoiceRetrieveParams),
+]
+
+
+# --- HTTP -----------------------------------------------------------------------------------------
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False  # stop() closes the connections itself
+    request_queue_size = 256  # the bench opens many connections at once
+    double: StripeDouble
+
+
+class _HTTPHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the SDK's httpx pool expects
+    disable_nagle_algorithm = True
+    timeout = 120  # idle keep-alive connections end eventually
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.double._track(self.connection, True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.double._track(self.connection, False)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        try:
+            status, payload = self.server.double.dispatch(self.command, self.path, body, headers)
+        except _Dropped:
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        except Exception as exc:  # a bug in the double: say so instead of hanging up
+            traceback.print_exc()
+            message = f"Stripe double failed: {exc!r}"
+            status, payload = 500, {"error": {"type": "api_error", "message": message}}
+        data = json.dumps(payload).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Request-Id", _new_id("req"))
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:  # the client went away (a stalled request it gave up on)
+            self.close_connection = True
+
+    do_POST = do_GET
+    do_DELETE = do_GET

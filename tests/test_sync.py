@@ -1,0 +1,423 @@
+"""The usage sync against the Stripe double: exactly once, whatever happens on the way."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import stripe
+
+from meterline.billing.catalog import EventType, Tier
+from meterline.db import batches, companies, sql
+from meterline.jobs.sync import LEASE, SETTLE_WINDOW, SyncHooks, SyncJob
+from meterline.services import usage
+from meterline.stripe_gateway.client import make_client
+from meterline.stripe_gateway.meter_events import meter_event_name
+from tests.conftest import Clock, base_settings, client_for, rollup_matches_events
+from tests.stripe_double import StripeDouble
+
+NOV_20 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def double() -> Iterator[StripeDouble]:
+    with StripeDouble() as server:
+        yield server
+
+
+@pytest.fixture
+def clock(double: StripeDouble) -> Clock:
+    moment = Clock(fixed=NOV_20)
+    double.now = lambda: int(moment().timestamp())
+    return moment
+
+
+def client(double: StripeDouble, timeout: float = 2.0) -> stripe.StripeClient:
+    settings = base_settings(stripe_secret_key=double.api_key, stripe_api_base=double.url)
+    return make_client(settings, timeout=timeout)
+
+
+@pytest.fixture
+def meters(double: StripeDouble) -> None:
+    c = client(double)
+    for event_type in EventType:
+        c.v1.billing.meters.create(
+            params={
+                "display_name": event_type.value,
+                "event_name": meter_event_name(event_type),
+                "default_aggregation": {"formula": "sum"},
+                "customer_mapping": {"event_payload_key": "stripe_customer_id", "type": "by_id"},
+                "value_settings": {"event_payload_key": "value"},
+            }
+        )
+
+
+# The sync job is global; each test syncs only the companies it made (other tests' rows are
+# none of its business), through the job's company filter.
+MINE: list[uuid.UUID] = []
+
+
+@pytest.fixture(autouse=True)
+def _my_companies(database_url: str) -> Iterator[None]:
+    MINE.clear()
+    yield
+    MINE.clear()
+
+
+def job(double: StripeDouble, clock: Clock, **kwargs: Any) -> SyncJob:
+    timeout = kwargs.pop("timeout", 2.0)
+    return SyncJob(client=client(double, timeout), clock=clock, company_ids=list(MINE), **kwargs)
+
+
+async def paid_company(double: StripeDouble, tier: Tier = Tier.STARTER) -> tuple[uuid.UUID, str]:
+    company_id = uuid.uuid4()
+    MINE.append(company_id)
+    customer = double.add_customer()
+    await companies.get_or_create(company_id)
+    await companies.set_tier(company_id, tier)
+    await companies.set_stripe_ids(company_id, customer_id=customer)
+    return company_id, customer
+
+
+async def record(
+    company_id: uuid.UUID,
+    event_type: EventType,
+    quantity: int,
+    *,
+    now: datetime,
+    occurred_at: datetime | None = None,
+) -> None:
+    outcome = await usage.record_usage(
+        company_id,
+        usage.RecordRequest(event_type=event_type, quantity=quantity, occurred_at=occurred_at),
+        now=now,
+        late_grace_hours=1,
+    )
+    assert isinstance(outcome, usage.Recorded)
+
+
+async def rollup_totals(company_id: uuid.UUID) -> dict[str, int]:
+    rows = await sql.fetch(
+        "SELECT event_type, sum(used) AS used FROM usage_rollups WHERE company_id = $1 "
+        "GROUP BY event_type",
+        company_id,
+    )
+    return {r["event_type"]: int(r["used"]) for r in rows}
+
+
+async def states(company_id: uuid.UUID) -> dict[str, int]:
+    rows = await sql.fetch(
+        "SELECT sync_state, count(*) AS n FROM usage_events WHERE company_id = $1 GROUP BY 1",
+        company_id,
+    )
+    return {r["sync_state"]: int(r["n"]) for r in rows}
+
+
+def assert_double_matches(double: StripeDouble, customer: str, totals: dict[str, int]) -> None:
+    for event_type in EventType:
+        expected = totals.get(event_type.value, 0)
+        assert double.meter_total(customer, meter_event_name(event_type)) == expected, event_type
+    assert all(count == 1 for count in double.identifiers_seen.values())
+
+
+async def drain(double: StripeDouble, clock: Clock, *, rounds: int = 60, **kwargs: Any) -> None:
+    """Run the job until nothing of this test's companies is pending or in flight, moving the
+    clock past each retry."""
+    for _ in range(rounds):
+        report = await job(double, clock, **kwargs).run()
+        in_flight = await sql.fetchrow(
+            "SELECT count(*) AS n FROM usage_batches WHERE state = 'sending' "
+            "AND company_id = ANY($1)",
+            MINE,
+        )
+        assert in_flight is not None
+        if in_flight["n"] == 0 and report.pending == 0:
+            return
+        clock.set(clock() + timedelta(minutes=31))  # past the longest backoff
+    raise AssertionError(f"the sync did not settle by {clock()}")
+
+
+# --- the happy path -----------------------------------------------------------------------
+
+
+async def test_totals_in_stripe_equal_the_rollups(
+    double: StripeDouble, clock: Clock, meters: None
+) -> None:
+    firms = [await paid_company(double) for _ in range(3)]
+    for n, (company_id, _) in enumerate(firms):
+        for k, event_type in enumerate(EventType):
+            for quantity in (1 + n, 7 * k + 3, 250):
+                await record(company_id, event_type, quantity, now=clock())
+    report = await job(double, clock).run()
+    assert (report.claimed, report.sent, report.failed, report.retrying) == (15, 15, 0, 0)
+    assert report.pending == 0
+    for company_id, customer in firms:
+        assert_double_matches(double, customer, await rollup_totals(company_id))
+        assert await states(company_id) == {"sent": 15}
+    assert double.max_concurrent_per_customer_meter == 1
+    # nothing left: a second run sends nothing
+    again = await job(double, clock).run()
+    assert (again.claimed, again.sent) == (0, 0)
+
+
+async def test_local_only_events_are_never_sent(
+    double: StripeDouble, clock: Clock, meters: None
+) -> None:
+    company_id = uuid.uuid4()
+    MINE.append(company_id)
+    await record(company_id, EventType.GUEST_INVITATION, 5, now=clock())
+    before = len(double.requests)
+    report = await job(double, clock).run()
+    assert report.claimed == 0
+    assert len(double.requests) == before
+    assert await states(company_id) == {"local_only": 1}
+
+
+async def test_a_january_event_synced_in_february_is_stamped_in_january(
+    double: StripeDouble, clock: Clock, meters: None
+) -> None:
+    company_id, customer = await paid_company(double)
+    late = datetime(2027, 1, 31, 23, 59, 30, 700_000, tzinfo=UTC)
+    clock.set(datetime(2027, 2, 1, 0, 10, tzinfo=UTC))
+    await record(company_id, EventType.SMS_SENT, 4, now=clock(), occurred_at=late)
+    await record(company_id, EventType.SMS_SENT, 1, now=clock())  # February
+    await job(double, clock).run()
+    sent = {e["timestamp"]: e["value"] for e in double.meter_events() if e["customer"] == customer}
+    assert sent == {
+        int(datetime(2027, 1, 31, 23, 59, 30, tzinfo=UTC).timestamp()): 4,
+        int(datetime(2027, 2, 1, 0, 10, tzinfo=UTC).timestamp()): 1,
+    }
+
+
+# --- failures -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["429", "500", "stall", "drop", "drop_before"])
+async def test_thirty_percent_failures_still_deliver_exactly_once(
+    double: StripeDouble, clock: Clock, meters: None, kind: str
+) -> None:
+    firms = [await paid_company(double) for _ in range(4)]
+    for company_id, _ in firms:
+        for event_type in EventType:
+            for quantity in (3, 11):
+                await record(company_id, event_type, quantity, now=clock())
+    double.fail(kind, 0.3, seed=7, stall_seconds=0.6)  # type: ignore[arg-type]
+    await drain(double, clock, timeout=0.3)
+    for company_id, customer in firms:
+        assert_double_matches(double, customer, await rollup_totals(company_id))
+        assert await states(company_id) == {"sent": 10}
+        assert await rollup_matches_events(company_id)
+
+
+async def test_two_workers_over_ten_thousand_events(
+    double: StripeDouble, clock: Clock, meters: None
+) -> None:
+    firms = [await paid_company(double) for _ in range(20)]
+    for company_id, _ in firms:
+        for event_type in EventType:
+            await seed_pending(company_id, event_type, count=100, month_start=clock())
+    total = await sql.fetchrow(
+        "SELECT count(*) AS n FROM usage_events WHERE sync_state = 'pending' "
+        "AND company_id = ANY($1)",
+        [c for c, _ in firms],
+    )
+    assert total is not None and total["n"] == 10_000
+    double.delay = 0.01
+    reports = await asyncio.gather(
+        job(double, clock, concurrency=8).run(), job(double, clock, concurrency=8).run()
+    )
+    await drain(double, clock)  # whatever a worker left to the other, finished
+    assert sum(r.sent for r in reports) >= 1
+    for company_id, customer in firms:
+        assert_double_matches(double, customer, await rollup_totals(company_id))
+        assert await rollup_matches_events(company_id)
+    assert double.max_concurrent_per_customer_meter == 1
+
+
+async def seed_pending(
+    company_id: uuid.UUID, event_type: EventType, *, count: int, month_start: datetime
+) -> None:
+    """`count` pending events of quantity 1..count and their rollup, written fast (SQL)."""
+    from meterline.billing.periods import month_of
+
+    month = month_of(month_start)
+    await sql.execute(
+        "INSERT INTO usage_events (id, company_id, event_type, quantity, occurred_at, month, "
+        "sync_state) SELECT gen_random_uuid(), $1, $2, n, "
+        "$3::timestamptz - make_interval(secs => n), $4, 'pending' "
+        "FROM generate_series(1, $5) AS n",
+        company_id,
+        event_type.value,
+        month_start,
+        month,
+        count,
+    )
+    await sql.execute(
+        "INSERT INTO usage_rollups (company_id, month, event_type, used, tier, included, "
+        "unit_price, cap) VALUES ($1, $2, $3, $4, 'starter', NULL, 0, NULL)",
+        company_id,
+        month,
+        event_type.value,
+        count * (count + 1) // 2,
+    )
+
+
+class Crash(BaseException):
+    """The process dying at this point (not an error the job could handle)."""
+
+
+async def test_crash_after_stripe_accepted_and_before_marking(
+    double: StripeDouble, clock: Clock, meters: None
+) -> None:
+    company_id, customer = await paid_company(double)
+    await record(company_id, EventType.EMAIL_SENT, 42, now=clock())
+
+    async def die(*_: Any) -> None:
+        raise Crash
+
+    with pytest.raises(Crash):
+        await job(double, clock, hooks=SyncHooks(after_send=die)).run()
+    assert double.meter_total(customer, "email_sent") == 42  # Stripe has it
+    assert await states(company_id) == {"sending": 1}  # we do not know it yet
+    # before the lease passes, nobody touches it
+    report = await job(double, clock).run()
+    assert report.sent == 0
+    clock.set(clock() + LEASE + timedelta(seconds=1))
+    report = await job(double, clock).run()
+    assert report.sent == 1  # "already exists": delivered
+    assert double.meter_total(customer, "email_sent") == 42
+    assert await states(company_id) == {"sent": 1}
+    assert list(double.identifiers_seen.values()) == [1]
+
+
+async def test_crash_after_the_claim_and_before_the_call(
+    double: StripeDouble, clock: Clock, meters: None
+) -> None:
+    company_id, customer = await paid_company(double)
+    await record(company_id, EventType.AI_QUERY, 9, now=clock())
+
+    async def die(*_: Any) -> None:
+        raise Crash
+
+    with pytest.raises(Crash):
+        await job(double, clock, hooks=SyncHooks(after_claim=die)).run()
+    assert double.meter_total(customer, "ai_query") == 0
+    claimed = await sql.fetchrow(
+        "SELECT id, value FROM usage_batches WHERE company_id = $1", company_id
+    )
+    assert claimed is not None and claimed["value"] == 9
+    clock.set(clock() + LEASE + timedelta(seconds=1))
+    report = await job(double, clock).run()
+    assert (report.claimed, report.sent) == (0, 1)  # the stored batch, re-sent unchanged
+    assert double.meter_total(customer, "ai_query") == 9
+    assert [e["identifier"] for e in double.meter_events()] == [f"mlb_{claimed['id'].hex}"]
+
+
+async def test_a_batch_unsettled_past_the_window_becomes_unknown_and_is_not_resent(
+    double: StripeDouble, clock: Clock, meters: None
+) -> None:
+    company_id, _ = await paid_company(double)
+    await record(company_id, EventType.SMS_SENT, 5, now=clock())
+    double.fail("500", 1.0)
+    report = await job(double, clock).run()
+    assert report.retrying == 1
+    started = clock()
+    while clock() - started <= SETTLE_WINDOW:
+        clock.set(clock() + timedelta(minutes=31))
+        await job(double, clock).run()
+    assert await states(company_id) == {"unknown": 1}
+    double.heal()
+    calls = len(double.requests)
+    clock.set(clock() + timedelta(days=1))
+    report = await job(double, clock).run()
+    assert (report.claimed, report.sent) == (0, 0)
+    assert len(double.requests) == calls  # an operator decides, not the job
+    problem = (
+        await batches.status(current_month=clock().date(), problem_limit=5, company_ids=MINE)
+    ).problems
+    assert [b.state for b in problem] == ["unknown"]
+
+
+async def test_a_refused_batch_fails_and_can_be_redriven_as_a_new_batch(
+    double: StripeDouble, clock: Clock
+) -> None:
+    company_id, customer = await paid_company(double)  # no meters yet: Stripe refuses
+    await record(company_id, EventType.WHATSAPP_MESSAGE, 6, now=clock())
+    report = await job(double, clock).run()
+    assert report.failed == 1
+    failed = (
+        await batches.status(current_month=clock().date(), problem_limit=5, company_ids=MINE)
+    ).problems
+    assert len(failed) == 1 and failed[0].state == "failed" and failed[0].last_error
+    with pytest.raises(batches.NotRedrivable):
+        await batches.redrive(uuid.uuid4(), now=clock())
+    # once the meter exists, the operator re-drives it
+    client(double).v1.billing.meters.create(
+        params={
+            "display_name": "whatsapp",
+            "event_name": "whatsapp_message",
+            "default_aggregation": {"formula": "sum"},
+            "customer_mapping": {"event_payload_key": "stripe_customer_id", "type": "by_id"},
+            "value_settings": {"event_payload_key": "value"},
+        }
+    )
+    assert await batches.redrive(failed[0].id, now=clock()) == 1
+    with pytest.raises(batches.NotRedrivable):
+        await batches.redrive(failed[0].id, now=clock())  # once only
+    report = await job(double, clock).run()
+    assert (report.claimed, report.sent) == (1, 1)
+    assert double.meter_total(customer, "whatsapp_message") == 6
+    assert await states(company_id) == {"sent": 1}
+
+
+# --- the cron route -------------------------------------------------------------------------
+
+
+async def test_cron_route_needs_its_secret(
+    double: StripeDouble, clock: Clock, meters: None, database_url: str
+) -> None:
+    from meterline.app import create_app
+
+    company_id, customer = await paid_company(double)
+    await record(company_id, EventType.GUEST_INVITATION, 2, now=clock())
+    settings = base_settings(
+        database_url=database_url,
+        stripe_secret_key=double.api_key,
+        stripe_api_base=double.url,
+        cron_secret="cron-secret-123",
+    )
+    unset = base_settings(
+        database_url=database_url, stripe_secret_key=double.api_key, stripe_api_base=double.url
+    )
+    async with client_for(create_app(settings, clock=clock, manage_database=False)) as http:
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": "cron-secret-123"},
+        ):
+            response = await http.post("/cron/sync-usage", headers=headers)
+            assert response.status_code == 401
+        assert await states(company_id) == {"pending": 1}
+        response = await http.get(
+            "/cron/sync-usage", headers={"Authorization": "Bearer cron-secret-123"}
+        )
+        assert response.status_code == 200
+        body = response.json()
+        assert set(body) == {
+            "claimed",
+            "sent",
+            "failed",
+            "retrying",
+            "unknown",
+            "pending",
+            "duration_ms",
+        }
+        assert body["sent"] >= 1
+    assert double.meter_total(customer, "guest_invitation") == 2
+    async with client_for(create_app(unset, clock=clock, manage_database=False)) as http:
+        response = await http.post("/cron/sync-usage", headers={"Authorization": "Bearer "})
+        assert response.status_code == 401
