@@ -34,6 +34,7 @@ from meterline.auth import (
 from meterline.config import Settings
 from meterline.db import engine
 from meterline.db.embedded import resolve_database_url
+from meterline.jobs import telemetry
 from meterline.jobs.cron import sync_route
 from meterline.log import request_id_var
 from meterline.schema import build_schema
@@ -159,8 +160,17 @@ def create_app(
         if not hmac.compare_digest(given.encode(), expected.encode()):
             raise unauthorized("wrong metrics token")
 
+    async def refresh_sync_gauges(_: Request[Any, Any, Any]) -> None:
+        # The sync figures come from the database at scrape time, so every API process shows
+        # the same numbers whoever ran the job.
+        try:
+            await telemetry.refresh(now=clock(), late_grace_hours=settings.late_usage_grace_hours)
+        except Exception:  # metrics must still answer when the database does not
+            logger.warning("could not refresh the sync gauges", exc_info=True)
+
     class MetricsController(PrometheusController):
         guards = [metrics_guard]
+        before_request = refresh_sync_gauges  # type: ignore[assignment]  # a hook, not a method
 
     prometheus = PrometheusConfig(
         app_name="meterline", prefix="meterline", group_path=True, exclude=["/metrics", "/healthz"]

@@ -421,3 +421,54 @@ async def test_cron_route_needs_its_secret(
     async with client_for(create_app(unset, clock=clock, manage_database=False)) as http:
         response = await http.post("/cron/sync-usage", headers={"Authorization": "Bearer "})
         assert response.status_code == 401
+
+
+async def test_metrics_show_the_sync_state(
+    double: StripeDouble, clock: Clock, meters: None, database_url: str
+) -> None:
+    from meterline.app import create_app
+
+    company_id, _ = await paid_company(double)
+    await record(company_id, EventType.SMS_SENT, 3, now=clock())
+    settings = base_settings(database_url=database_url, metrics_token="m")
+    async with client_for(create_app(settings, clock=clock, manage_database=False)) as http:
+        body = (await http.get("/metrics", headers={"Authorization": "Bearer m"})).text
+    pending = next(
+        line for line in body.splitlines() if line.startswith("meterline_sync_pending_events ")
+    )
+    assert float(pending.split()[1]) >= 1
+    assert "meterline_sync_last_month_pending_events" in body
+    assert 'meterline_sync_batches_by_state{state="unknown"}' in body
+
+
+async def test_sync_usage_command(double: StripeDouble, clock: Clock, database_url: str) -> None:
+    """The CLI runs the same job, shows what did not sync, and re-drives a failed batch."""
+    from tests.test_cli import meterline
+
+    company_id, customer = await paid_company(double)  # no meters: Stripe refuses the batch
+    await record(company_id, EventType.EMAIL_SENT, 8, now=datetime.now(UTC))
+    double.now = None
+    env = {
+        "DATABASE_URL": database_url,
+        "STRIPE_SECRET_KEY": double.api_key,
+        "STRIPE_API_BASE": double.url,
+    }
+    assert meterline("sync-usage", env={"DATABASE_URL": database_url}).returncode != 0
+    run = meterline("sync-usage", env=env)
+    assert run.returncode == 0, run.stderr
+    assert '"failed": ' in run.stdout
+    failed = await sql.fetchrow(
+        "SELECT id FROM usage_batches WHERE company_id = $1 AND state = 'failed'", company_id
+    )
+    assert failed is not None
+    status = meterline("sync-usage", "--status", env=env)
+    assert status.returncode == 0, status.stderr
+    assert f"failed   mlb_{failed['id'].hex}  {customer} email_sent" in status.stdout
+    double.add_meter("email_sent")
+    redrive = meterline("sync-usage", "--redrive", f"mlb_{failed['id'].hex}", env=env)
+    assert redrive.returncode == 0, redrive.stderr
+    assert "1 events" in redrive.stdout
+    assert meterline("sync-usage", env=env).returncode == 0
+    assert double.meter_total(customer, "email_sent") == 8
+    again = meterline("sync-usage", "--redrive", str(failed["id"]), env=env)
+    assert again.returncode != 0 and "re-driven already" in again.stderr
