@@ -28,6 +28,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.record_usage
+	$(BIN)/python -m bench.sync
 
 schema: $(STAMP)
 	$(BIN)/meterline schema > schema.graphql

@@ -566,6 +566,8 @@ def fmt(value: float | None) -> str:
 
 def write_results(report: dict[str, Any]) -> None:
     RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):  # keep bench.sync's key
+        report = {**report, "sync": json.loads(RESULTS_FILE.read_text())["sync"]}
     partial = RESULTS_FILE.with_suffix(".json.tmp")
     partial.write_text(json.dumps(report, indent=2, default=str) + "\n")
     partial.replace(RESULTS_FILE)
