@@ -111,16 +111,14 @@ async def claim(
         )
         if locked is None or not locked["ok"]:
             return None
-        in_flight = await sql.fetchrow(
-            "SELECT 1 FROM usage_batches WHERE company_id = $1 AND event_type = $2 "
-            "AND state = 'sending' LIMIT 1",
+        company = await sql.fetchrow(
+            "SELECT c.stripe_customer_id, EXISTS (SELECT 1 FROM usage_batches b "
+            "WHERE b.company_id = c.id AND b.event_type = $2 AND b.state = 'sending') AS in_flight "
+            "FROM companies c WHERE c.id = $1",
             group.company_id,
             group.event_type.value,
         )
-        company = await sql.fetchrow(
-            "SELECT stripe_customer_id FROM companies WHERE id = $1", group.company_id
-        )
-        if in_flight is not None or company is None or company["stripe_customer_id"] is None:
+        if company is None or company["in_flight"] or company["stripe_customer_id"] is None:
             return None
         events = await sql.fetch(
             "SELECT id, quantity, occurred_at FROM usage_events "
@@ -133,10 +131,20 @@ async def claim(
         )
         if not events:
             return None
+        # The batch and its events' new state in one statement (first attempt counted).
         row = await sql.fetchrow(
-            f"INSERT INTO usage_batches (id, company_id, stripe_customer_id, event_type, "
-            f"event_name, month, value, timestamp, state, attempts, lease_until, created_at) "
-            f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'sending', 0, $9, $10) RETURNING {_COLUMNS}",
+            f"""
+            WITH batch AS (
+                INSERT INTO usage_batches (id, company_id, stripe_customer_id, event_type,
+                    event_name, month, value, timestamp, state, attempts, lease_until, created_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'sending', 1, $9, $10)
+                RETURNING {_COLUMNS}
+            ), taken AS (
+                UPDATE usage_events SET sync_state = 'sending', batch_id = $1
+                WHERE id = ANY($11)
+            )
+            SELECT * FROM batch
+            """,
             uuid.uuid4(),
             group.company_id,
             company["stripe_customer_id"],
@@ -147,13 +155,9 @@ async def claim(
             floor_to_second(max(e["occurred_at"] for e in events)),
             now + lease,
             now,
-        )
-        assert row is not None
-        await sql.execute(
-            "UPDATE usage_events SET sync_state = 'sending', batch_id = $1 WHERE id = ANY($2)",
-            row["id"],
             [e["id"] for e in events],
         )
+        assert row is not None
         claimed = _batch(row)
     return claimed
 
@@ -165,7 +169,7 @@ async def take_due(
     this worker. They are re-sent exactly as stored."""
     rows = await sql.fetch(
         f"""
-        UPDATE usage_batches SET lease_until = $1
+        UPDATE usage_batches SET lease_until = $1, attempts = attempts + 1
         WHERE id IN (SELECT id FROM usage_batches
                      WHERE state = 'sending' AND lease_until <= $2
                        AND ($4::uuid[] IS NULL OR company_id = ANY($4))
@@ -181,21 +185,25 @@ async def take_due(
 
 
 async def _settle(batch_id: uuid.UUID, state: str, event_state: str, **fields: object) -> bool:
-    sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(fields, start=3))
-    async with DB.transaction():
-        row = await sql.fetchrow(
-            f"UPDATE usage_batches SET state = $2{', ' + sets if sets else ''} "
-            f"WHERE id = $1 AND state = 'sending' RETURNING id",
-            batch_id,
-            state,
-            *fields.values(),
+    """Move a `sending` batch and its events to their final state: one statement, atomic."""
+    sets = "".join(f", {name} = ${i}" for i, name in enumerate(fields, start=4))
+    row = await sql.fetchrow(
+        f"""
+        WITH settled AS (
+            UPDATE usage_batches SET state = $2{sets}
+            WHERE id = $1 AND state = 'sending' RETURNING id
+        ), moved AS (
+            UPDATE usage_events SET sync_state = $3
+            WHERE batch_id IN (SELECT id FROM settled)
         )
-        if row is None:
-            return False
-        await sql.execute(
-            "UPDATE usage_events SET sync_state = $2 WHERE batch_id = $1", batch_id, event_state
-        )
-    return True
+        SELECT count(*) AS n FROM settled
+        """,
+        batch_id,
+        state,
+        event_state,
+        *fields.values(),
+    )
+    return row is not None and row["n"] == 1
 
 
 async def mark_sent(batch_id: uuid.UUID, *, now: datetime) -> bool:
@@ -225,14 +233,6 @@ async def schedule_retry(
         error[:1000],
     )
     return row is not None
-
-
-async def count_attempt(batch_id: uuid.UUID) -> int:
-    row = await sql.fetchrow(
-        "UPDATE usage_batches SET attempts = attempts + 1 WHERE id = $1 RETURNING attempts",
-        batch_id,
-    )
-    return int(row["attempts"]) if row else 0
 
 
 class NotRedrivable(Exception):

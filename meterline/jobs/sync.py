@@ -154,7 +154,7 @@ class SyncJob:
         await self._send(batch, report)
 
     async def _send(self, batch: Batch, report: SyncReport) -> None:
-        attempt = await batches.count_attempt(batch.id)
+        attempt = batch.attempts  # this one included (counted when claimed or re-taken)
         result = await send_meter_event(
             self.client,
             identifier=batch.identifier,
