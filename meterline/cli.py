@@ -129,6 +129,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        # Longer than a load balancer's idle timeout (60 s on most): otherwise the server closes
+        # a kept-alive connection just as the balancer reuses it, and the request fails.
+        timeout_keep_alive=75,
     )
 
 
