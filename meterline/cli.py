@@ -234,13 +234,25 @@ def cmd_sync_usage(args: argparse.Namespace) -> None:
     from meterline.jobs.sync import SyncJob
     from meterline.jobs.telemetry import publish
     from meterline.log import configure_logging
-    from meterline.stripe_gateway.client import StripeNotConfigured, make_client
+    from meterline.stripe_gateway.client import StripeNotConfigured, close_client, make_client
 
     configure_logging()
     settings = _settings()
 
     async def work() -> None:
         now = datetime.now(UTC)
+        if args.resolve:
+            if args.delivered == args.not_delivered:
+                raise SystemExit("meterline: say --delivered or --not-delivered")
+            try:
+                count = await batches.resolve_unknown(
+                    _batch_id(args.resolve), delivered=args.delivered, now=now
+                )
+            except batches.NotRedrivable as exc:
+                raise SystemExit(f"meterline: {exc}") from exc
+            verdict = "sent" if args.delivered else "pending again (a new batch)"
+            print(f"{count} events of batch {args.resolve} are {verdict}")
+            return
         if args.redrive:
             try:
                 count = await batches.redrive(_batch_id(args.redrive), now=now)
@@ -270,7 +282,10 @@ def cmd_sync_usage(args: argparse.Namespace) -> None:
         except StripeNotConfigured as exc:
             raise SystemExit(f"meterline: {exc}") from exc
         budget = timedelta(seconds=args.budget or settings.sync_budget_seconds)
-        report = await SyncJob(client=client, budget=budget).run()
+        try:
+            report = await SyncJob(client=client, budget=budget).run()
+        finally:
+            await close_client(client)
         await publish(
             report, now=datetime.now(UTC), late_grace_hours=settings.late_usage_grace_hours
         )
@@ -388,6 +403,11 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--status", action="store_true", help="what did not sync, and why")
     sync.add_argument("--redrive", metavar="BATCH", help="re-send a failed batch's events")
     sync.add_argument("--budget", type=int, metavar="SECONDS", help="time budget of the run")
+    sync.add_argument("--resolve", metavar="BATCH", help="settle an unknown batch (with one of:)")
+    sync.add_argument("--delivered", action="store_true", help="Stripe has it: mark it sent")
+    sync.add_argument(
+        "--not-delivered", action="store_true", help="Stripe does not: send its events again"
+    )
     sync.set_defaults(func=cmd_sync_usage)
 
     setup = commands.add_parser(

@@ -472,3 +472,94 @@ async def test_sync_usage_command(double: StripeDouble, clock: Clock, database_u
     assert double.meter_total(customer, "email_sent") == 8
     again = meterline("sync-usage", "--redrive", str(failed["id"]), env=env)
     assert again.returncode != 0 and "re-driven already" in again.stderr
+
+
+# --- what the review found: ambiguity, fencing, one in flight -------------------------------
+
+
+async def test_a_refusal_after_an_unanswered_attempt_is_unknown_not_failed(
+    double: StripeDouble, clock: Clock, meters: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attempt 1 reached Stripe but the answer was lost; before the retry the repeat is refused
+    for another reason. Re-driving it under a new identifier would bill it twice."""
+    company_id, customer = await paid_company(double)
+    await record(company_id, EventType.SMS_SENT, 5, now=clock())
+    double.fail("drop", 1.0)  # recorded, then the connection dropped
+    assert (await job(double, clock).run()).retrying == 1
+    assert double.meter_total(customer, "sms_sent") == 5
+    double.heal()
+
+    from meterline.stripe_gateway.meter_events import Outcome, SendResult
+
+    async def refused(*args: Any, **kwargs: Any) -> SendResult:
+        return SendResult(Outcome.REJECTED, "No active meter with event name 'sms_sent'")
+
+    monkeypatch.setattr("meterline.jobs.sync.send_meter_event", refused)
+    clock.set(clock() + timedelta(minutes=31))
+    report = await job(double, clock).run()
+    assert (report.failed, report.unknown) == (0, 1)
+    assert await states(company_id) == {"unknown": 1}
+    batch_id = (await batches.status(current_month=clock().date(), company_ids=MINE)).problems[0].id
+    with pytest.raises(batches.NotRedrivable):
+        await batches.redrive(batch_id, now=clock())
+    # the operator looks at Stripe, sees the 5, and settles it
+    assert await batches.resolve_unknown(batch_id, delivered=True, now=clock()) == 1
+    assert await states(company_id) == {"sent": 1}
+    assert double.meter_total(customer, "sms_sent") == 5
+
+
+async def test_a_worker_whose_lease_was_taken_over_cannot_settle(
+    double: StripeDouble, clock: Clock, meters: None
+) -> None:
+    company_id, _ = await paid_company(double)
+    await record(company_id, EventType.AI_QUERY, 2, now=clock())
+    group = (await batches.pending_groups(10, MINE))[0]
+    first = await batches.claim(
+        group, event_name="ai_query", now=clock(), lease=LEASE, max_events=100
+    )
+    assert first is not None and first.attempts == 1
+    clock.set(clock() + LEASE + timedelta(seconds=1))  # the first worker stalls past its lease
+    [candidate] = await batches.due(now=clock(), limit=10, company_ids=MINE)
+    second = await batches.take(candidate, now=clock(), lease=LEASE)
+    assert second is not None and second.attempts == 2
+    assert await batches.take(candidate, now=clock(), lease=LEASE) is None  # taken once
+    # the stale first worker's outcome changes nothing
+    assert not await batches.schedule_retry(first, retry_at=clock(), error="late")
+    assert not await batches.mark_failed(first, error="late")
+    assert not await batches.mark_unknown(first, error="late")
+    assert await batches.mark_sent(second, now=clock())
+    assert await states(company_id) == {"sent": 1}
+
+
+async def test_the_database_allows_one_batch_in_flight_per_company_and_type(
+    double: StripeDouble, clock: Clock, meters: None
+) -> None:
+    company_id, _ = await paid_company(double)
+    await record(company_id, EventType.EMAIL_SENT, 1, now=clock())
+    group = (await batches.pending_groups(10, MINE))[0]
+    assert await batches.claim(
+        group, event_name="email_sent", now=clock(), lease=LEASE, max_events=10
+    )
+    with pytest.raises(Exception, match="usage_batches_one_in_flight"):
+        await sql.execute(
+            "INSERT INTO usage_batches (id, company_id, stripe_customer_id, event_type, "
+            "event_name, month, value, timestamp, state, attempts, lease_until, created_at) "
+            "SELECT gen_random_uuid(), company_id, stripe_customer_id, event_type, event_name, "
+            "month, value, timestamp, 'sending', 1, lease_until, created_at FROM usage_batches "
+            "WHERE company_id = $1",
+            company_id,
+        )
+
+
+async def test_a_run_stops_starting_work_when_its_budget_is_spent(
+    double: StripeDouble, clock: Clock, meters: None
+) -> None:
+    firms = [await paid_company(double) for _ in range(3)]
+    for company_id, _ in firms:
+        for event_type in EventType:
+            await record(company_id, event_type, 1, now=clock())
+    double.delay = 0.2
+    report = await job(double, clock, concurrency=1, budget=timedelta(seconds=0.5)).run()
+    assert 1 <= report.claimed <= 4  # 15 groups, one at a time, 0.2 s each: a few fit
+    assert report.duration_ms < 2_000
+    assert report.pending == 15 - report.sent

@@ -103,6 +103,17 @@ async def claim(
     that will carry them (state `sending`, leased) and mark them taken. None when another
     worker holds the group, a batch of this (company, event type) is in flight (Stripe allows
     one call at a time per customer and meter), or nothing is left."""
+    try:
+        return await _claim(
+            group, event_name=event_name, now=now, lease=lease, max_events=max_events
+        )
+    except asyncpg.UniqueViolationError:  # a batch of this (company, type) is in flight
+        return None
+
+
+async def _claim(
+    group: Group, *, event_name: str, now: datetime, lease: timedelta, max_events: int
+) -> Batch | None:
     async with DB.transaction():
         locked = await sql.fetchrow(
             "SELECT pg_try_advisory_xact_lock(hashtextextended($1 || ':' || $2, 0)) AS ok",
@@ -131,9 +142,27 @@ async def claim(
         )
         if not events:
             return None
-        # The batch and its events' new state in one statement (first attempt counted).
-        row = await sql.fetchrow(
-            f"""
+        row = await _insert_batch(
+            group, company["stripe_customer_id"], event_name, events, now=now, lease=lease
+        )
+        assert row is not None
+        claimed = _batch(row)
+    return claimed
+
+
+async def _insert_batch(
+    group: Group,
+    customer: str,
+    event_name: str,
+    events: list[asyncpg.Record],
+    *,
+    now: datetime,
+    lease: timedelta,
+) -> asyncpg.Record | None:
+    """The batch and its events' new state in one statement (first attempt counted). The
+    unique index on in-flight batches refuses a second one for the same (company, type)."""
+    return await sql.fetchrow(
+        f"""
             WITH batch AS (
                 INSERT INTO usage_batches (id, company_id, stripe_customer_id, event_type,
                     event_name, month, value, timestamp, state, attempts, lease_until, created_at)
@@ -145,38 +174,28 @@ async def claim(
             )
             SELECT * FROM batch
             """,
-            uuid.uuid4(),
-            group.company_id,
-            company["stripe_customer_id"],
-            group.event_type.value,
-            event_name,
-            group.month,
-            sum(e["quantity"] for e in events),
-            floor_to_second(max(e["occurred_at"] for e in events)),
-            now + lease,
-            now,
-            [e["id"] for e in events],
-        )
-        assert row is not None
-        claimed = _batch(row)
-    return claimed
-
-
-async def take_due(
-    *, now: datetime, lease: timedelta, limit: int, company_ids: list[uuid.UUID] | None = None
-) -> list[Batch]:
-    """Batches whose lease passed (a crashed worker, or a retry that is due), re-leased to
-    this worker. They are re-sent exactly as stored."""
-    rows = await sql.fetch(
-        f"""
-        UPDATE usage_batches SET lease_until = $1, attempts = attempts + 1
-        WHERE id IN (SELECT id FROM usage_batches
-                     WHERE state = 'sending' AND lease_until <= $2
-                       AND ($4::uuid[] IS NULL OR company_id = ANY($4))
-                     ORDER BY lease_until LIMIT $3 FOR UPDATE SKIP LOCKED)
-        RETURNING {_COLUMNS}
-        """,
+        uuid.uuid4(),
+        group.company_id,
+        customer,
+        group.event_type.value,
+        event_name,
+        group.month,
+        sum(e["quantity"] for e in events),
+        floor_to_second(max(e["occurred_at"] for e in events)),
         now + lease,
+        now,
+        [e["id"] for e in events],
+    )
+
+
+async def due(
+    *, now: datetime, limit: int, company_ids: list[uuid.UUID] | None = None
+) -> list[Batch]:
+    """Batches whose lease passed (a crashed worker, or a retry that is due). Not leased yet:
+    each is leased by `take` just before its call, so a long queue cannot outlive its leases."""
+    rows = await sql.fetch(
+        f"SELECT {_COLUMNS} FROM usage_batches WHERE state = 'sending' AND lease_until <= $1 "
+        f"AND ($3::uuid[] IS NULL OR company_id = ANY($3)) ORDER BY lease_until LIMIT $2",
         now,
         limit,
         company_ids,
@@ -184,55 +203,105 @@ async def take_due(
     return [_batch(r) for r in rows]
 
 
-async def _settle(batch_id: uuid.UUID, state: str, event_state: str, **fields: object) -> bool:
-    """Move a `sending` batch and its events to their final state: one statement, atomic."""
-    sets = "".join(f", {name} = ${i}" for i, name in enumerate(fields, start=4))
+async def take(batch: Batch, *, now: datetime, lease: timedelta) -> Batch | None:
+    """Lease a due batch for one more attempt; None if another worker took it first. The new
+    `attempts` is the holder's fencing token: every later transition names it."""
+    row = await sql.fetchrow(
+        f"UPDATE usage_batches SET lease_until = $3, attempts = attempts + 1 "
+        f"WHERE id = $1 AND state = 'sending' AND attempts = $2 AND lease_until <= $4 "
+        f"RETURNING {_COLUMNS}",
+        batch.id,
+        batch.attempts,
+        now + lease,
+        now,
+    )
+    return _batch(row) if row else None
+
+
+async def _settle(batch: Batch, state: str, event_state: str, **fields: object) -> bool:
+    """Move a `sending` batch and its events to their final state: one statement, atomic. Only
+    the holder of the current attempt may (a worker whose lease was taken over may not)."""
+    sets = "".join(f", {name} = ${i}" for i, name in enumerate(fields, start=5))
     row = await sql.fetchrow(
         f"""
         WITH settled AS (
             UPDATE usage_batches SET state = $2{sets}
-            WHERE id = $1 AND state = 'sending' RETURNING id
+            WHERE id = $1 AND state = 'sending' AND attempts = $4 RETURNING id
         ), moved AS (
             UPDATE usage_events SET sync_state = $3
             WHERE batch_id IN (SELECT id FROM settled)
         )
         SELECT count(*) AS n FROM settled
         """,
-        batch_id,
+        batch.id,
         state,
         event_state,
+        batch.attempts,
         *fields.values(),
     )
     return row is not None and row["n"] == 1
 
 
-async def mark_sent(batch_id: uuid.UUID, *, now: datetime) -> bool:
-    """Step 3: Stripe has it. The batch and its events are `sent`, in one transaction."""
-    return await _settle(batch_id, "sent", "sent", sent_at=now, last_error=None)
+async def mark_sent(batch: Batch, *, now: datetime) -> bool:
+    """Step 3: Stripe has it. The batch and its events are `sent`, atomically."""
+    return await _settle(batch, "sent", "sent", sent_at=now, last_error=None)
 
 
-async def mark_failed(batch_id: uuid.UUID, *, error: str) -> bool:
-    """Stripe refused it for good (a 4xx other than a repeat identifier)."""
-    return await _settle(batch_id, "failed", "failed", last_error=error[:1000])
+async def mark_failed(batch: Batch, *, error: str) -> bool:
+    """Stripe refused it for good at its first attempt (a 4xx other than a repeat identifier)."""
+    return await _settle(batch, "failed", "failed", last_error=error[:1000])
 
 
-async def mark_unknown(batch_id: uuid.UUID, *, error: str) -> bool:
-    """Not settled within Stripe's de-duplication window: only an operator may decide."""
-    return await _settle(batch_id, "unknown", "unknown", last_error=error[:1000])
+async def mark_unknown(batch: Batch, *, error: str) -> bool:
+    """Whether Stripe has it cannot be known any more: only an operator may decide."""
+    return await _settle(batch, "unknown", "unknown", last_error=error[:1000])
 
 
-async def schedule_retry(
-    batch_id: uuid.UUID, *, attempts: int, retry_at: datetime, error: str
-) -> bool:
+async def schedule_retry(batch: Batch, *, retry_at: datetime, error: str) -> bool:
     row = await sql.fetchrow(
-        "UPDATE usage_batches SET attempts = $2, lease_until = $3, last_error = $4 "
-        "WHERE id = $1 AND state = 'sending' RETURNING id",
-        batch_id,
-        attempts,
+        "UPDATE usage_batches SET lease_until = $3, last_error = $4 "
+        "WHERE id = $1 AND state = 'sending' AND attempts = $2 RETURNING id",
+        batch.id,
+        batch.attempts,
         retry_at,
         error[:1000],
     )
     return row is not None
+
+
+async def resolve_unknown(batch_id: uuid.UUID, *, delivered: bool, now: datetime) -> int:
+    """An operator's verdict on an `unknown` batch, after comparing with Stripe's meter event
+    summaries: delivered -> `sent`; not delivered -> its events are pending again (a new batch).
+    Returns the number of events moved."""
+    async with DB.transaction():
+        row = await sql.fetchrow(
+            "SELECT state FROM usage_batches WHERE id = $1 FOR UPDATE", batch_id
+        )
+        if row is None or row["state"] != "unknown":
+            raise NotRedrivable(
+                f"batch {batch_id} is {row['state'] if row else 'missing'}: only an unknown "
+                "batch can be resolved"
+            )
+        if delivered:
+            await sql.execute(
+                "UPDATE usage_batches SET state = 'sent', sent_at = $2 WHERE id = $1", batch_id, now
+            )
+            result = await sql.execute(
+                "UPDATE usage_events SET sync_state = 'sent' WHERE batch_id = $1", batch_id
+            )
+        else:
+            await sql.execute(
+                "UPDATE usage_batches SET state = 'failed', redriven_at = $2, "
+                "last_error = 'resolved by an operator: not delivered' WHERE id = $1",
+                batch_id,
+                now,
+            )
+            result = await sql.execute(
+                "UPDATE usage_events SET sync_state = 'pending', batch_id = NULL "
+                "WHERE batch_id = $1",
+                batch_id,
+            )
+    return int(result.split()[-1])
 
 
 class NotRedrivable(Exception):
@@ -287,7 +356,7 @@ async def status(
     pending = await sql.fetchrow(
         "SELECT count(*) AS n, min(occurred_at) AS oldest, "
         "count(*) FILTER (WHERE month < $1) AS old FROM usage_events "
-        "WHERE sync_state IN ('pending', 'sending') "
+        "WHERE sync_state IN ('pending', 'sending', 'failed', 'unknown') "
         "AND ($2::uuid[] IS NULL OR company_id = ANY($2))",
         current_month,
         company_ids,

@@ -14,7 +14,7 @@ from litestar.exceptions import NotAuthorizedException
 from meterline.config import Settings
 from meterline.jobs.sync import SyncJob
 from meterline.jobs.telemetry import publish
-from meterline.stripe_gateway.client import StripeNotConfigured, make_client
+from meterline.stripe_gateway.client import StripeNotConfigured, close_client, make_client
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,10 @@ def sync_route(settings: Settings, clock: Callable[[], datetime]) -> Any:
             clock=clock,
             budget=timedelta(seconds=settings.sync_budget_seconds),
         )
-        report = await job.run()
+        try:
+            report = await job.run()
+        finally:
+            await close_client(client)
         await publish(report, now=clock(), late_grace_hours=settings.late_usage_grace_hours)
         return Response(report.as_dict())
 

@@ -11,6 +11,7 @@ de-duplication makes it count once. Any number of runs may overlap.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -39,7 +40,6 @@ LEASE = timedelta(seconds=120)  # longer than a Stripe call may take (client tim
 FIRST_RETRY_SECONDS = 2.0
 MAX_RETRY_SECONDS = 30 * 60.0
 MAX_EVENTS_PER_BATCH = 50_000
-GROUPS_PER_ROUND = 1_000
 
 
 def retry_delay(attempt: int, rng: random.Random) -> timedelta:
@@ -58,6 +58,10 @@ class SyncReport:
     pending: int = 0
     duration_ms: int = 0
     events_sent: int = 0
+
+    @property
+    def settled(self) -> int:
+        return self.sent + self.failed + self.retrying + self.unknown
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -98,29 +102,37 @@ class SyncJob:
         report = SyncReport()
         limit = asyncio.Semaphore(self.concurrency)
 
-        async def limited(work: Awaitable[None]) -> None:
+        async def in_budget(work: Callable[[], Awaitable[None]]) -> None:
+            # A batch is leased (or claimed) only when a slot is free and the budget is not
+            # spent, so a long queue never outlives its leases nor the cron call.
             async with limit:
-                await work
+                if time.monotonic() < deadline:
+                    await work()
 
         while time.monotonic() < deadline:
-            due = await batches.take_due(
-                now=self.clock(), lease=LEASE, limit=GROUPS_PER_ROUND, company_ids=self.company_ids
+            claimed_before, settled_before = report.claimed, report.settled
+            due = await batches.due(
+                now=self.clock(), limit=self.round_size, company_ids=self.company_ids
             )
-            groups = await batches.pending_groups(GROUPS_PER_ROUND, self.company_ids)
+            groups = await batches.pending_groups(self.round_size, self.company_ids)
             if not due and not groups:
                 break
-            claimed_before = report.claimed
-            work = [limited(self._resend(b, report)) for b in due]
-            work += [limited(self._claim_and_send(g, report)) for g in groups]
-            await asyncio.gather(*work)
-            if not due and report.claimed == claimed_before:
-                break  # every group left is held by another worker: leave it to them
+            await asyncio.gather(
+                *[in_budget(functools.partial(self._resend, b, report)) for b in due],
+                *[in_budget(functools.partial(self._claim_and_send, g, report)) for g in groups],
+            )
+            if report.claimed == claimed_before and report.settled == settled_before:
+                break  # whatever is left is held by another worker: leave it to them
         status = await batches.status(
             current_month=month_of(self.clock()), problem_limit=0, company_ids=self.company_ids
         )
         report.pending = status.pending_events
         report.duration_ms = int((time.monotonic() - started) * 1000)
         return report
+
+    @property
+    def round_size(self) -> int:
+        return self.concurrency * 8
 
     async def _claim_and_send(self, group: Group, report: SyncReport) -> None:
         batch = await batches.claim(
@@ -137,24 +149,29 @@ class SyncJob:
             await self.hooks.after_claim(batch)
         await self._send(batch, report)
 
-    async def _resend(self, batch: Batch, report: SyncReport) -> None:
+    async def _resend(self, candidate: Batch, report: SyncReport) -> None:
+        batch = await batches.take(candidate, now=self.clock(), lease=LEASE)
+        if batch is None:
+            return  # another worker took it
         if self.clock() - batch.created_at > SETTLE_WINDOW:
-            if await batches.mark_unknown(
-                batch.id, error=f"not settled within {SETTLE_WINDOW}: {batch.last_error or ''}"
-            ):
-                report.unknown += 1
-                logger.error(
-                    "usage batch %s (%s, %s) is unknown: compare with Stripe's meter event "
-                    "summaries before doing anything",
-                    batch.id,
-                    batch.stripe_customer_id,
-                    batch.event_name,
-                )
+            await self._unknown(batch, f"not settled within {SETTLE_WINDOW}", report)
             return
         await self._send(batch, report)
 
+    async def _unknown(self, batch: Batch, why: str, report: SyncReport) -> None:
+        if await batches.mark_unknown(batch, error=f"{why}: {batch.last_error or ''}"[:1000]):
+            report.unknown += 1
+            logger.error(
+                "usage batch %s (%s, %s, %s) is unknown (%s): compare with Stripe's meter "
+                "event summaries, then `meterline sync-usage --resolve`",
+                batch.identifier,
+                batch.stripe_customer_id,
+                batch.event_name,
+                batch.month,
+                why,
+            )
+
     async def _send(self, batch: Batch, report: SyncReport) -> None:
-        attempt = batch.attempts  # this one included (counted when claimed or re-taken)
         result = await send_meter_event(
             self.client,
             identifier=batch.identifier,
@@ -167,23 +184,29 @@ class SyncJob:
             await self.hooks.after_send(batch, result)
         now = self.clock()
         if result.outcome is Outcome.DELIVERED:
-            if await batches.mark_sent(batch.id, now=now):
+            if await batches.mark_sent(batch, now=now):
                 report.sent += 1
                 report.events_sent += batch.value
+        elif result.outcome is Outcome.REJECTED and batch.attempts > 1:
+            # An earlier attempt's outcome was unknown: Stripe may hold the event although it
+            # refuses this repeat (e.g. the meter was deactivated since). Re-driving it under a
+            # new identifier could bill it twice, so an operator decides.
+            await self._unknown(
+                batch, f"refused after an unanswered attempt: {result.message}", report
+            )
         elif result.outcome is Outcome.REJECTED:
-            if await batches.mark_failed(batch.id, error=result.message):
+            if await batches.mark_failed(batch, error=result.message):
                 report.failed += 1
-                logger.error("Stripe refused usage batch %s: %s", batch.id, result.message)
+                logger.error("Stripe refused usage batch %s: %s", batch.identifier, result.message)
         else:
-            retry_at = now + retry_delay(attempt, self.rng)
+            retry_at = now + retry_delay(batch.attempts, self.rng)
             if retry_at - batch.created_at > SETTLE_WINDOW:
-                if await batches.mark_unknown(batch.id, error=result.message):
-                    report.unknown += 1
-                    logger.error("usage batch %s is unknown: %s", batch.id, result.message)
-            elif await batches.schedule_retry(
-                batch.id, attempts=attempt, retry_at=retry_at, error=result.message
-            ):
+                await self._unknown(batch, result.message, report)
+            elif await batches.schedule_retry(batch, retry_at=retry_at, error=result.message):
                 report.retrying += 1
                 logger.warning(
-                    "usage batch %s will be retried at %s: %s", batch.id, retry_at, result.message
+                    "usage batch %s will be retried at %s: %s",
+                    batch.identifier,
+                    retry_at,
+                    result.message,
                 )

@@ -30,3 +30,10 @@ def make_client(
         max_network_retries=0,
         http_client=stripe.HTTPXClient(timeout=timeout, allow_sync_methods=True),
     )
+
+
+async def close_client(client: stripe.StripeClient) -> None:
+    """StripeClient has no public close; its httpx pool would otherwise linger until collected."""
+    http = client._requestor._client
+    if http is not None:
+        await http.close_async()  # type: ignore[no-untyped-call]

@@ -15,7 +15,7 @@ from typing import Any
 import stripe
 
 from meterline.config import Settings
-from meterline.stripe_gateway.client import make_client
+from meterline.stripe_gateway.client import close_client, make_client
 
 # Stripe's answer when a subscription will not invoice again (cancelled, ended).
 NO_UPCOMING_INVOICE = "invoice_upcoming_none"
@@ -109,13 +109,6 @@ async def _all_lines(
     return lines
 
 
-async def _close(client: stripe.StripeClient) -> None:
-    # StripeClient has no public close; its httpx pool would otherwise linger until collected.
-    http = client._requestor._client
-    if http is not None:
-        await http.close_async()  # type: ignore[no-untyped-call]
-
-
 async def preview_upcoming_invoice(
     settings: Settings, *, customer: str, subscription: str, time_limit: float
 ) -> InvoicePreview | None:
@@ -143,7 +136,7 @@ async def preview_upcoming_invoice(
         status = exc.http_status or 0
         raise PreviewFailed(_describe(exc), transient=status >= 500 or status == 0) from exc
     finally:
-        await _close(client)
+        await close_client(client)
     try:
         return _preview(invoice, lines)
     except (AttributeError, KeyError, TypeError, ValueError) as exc:

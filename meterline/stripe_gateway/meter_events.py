@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -11,6 +12,8 @@ import stripe
 from meterline.billing.catalog import EventType
 
 ALREADY_EXISTS = "An event already exists with identifier"
+# Past this, a call counts as unanswered (well under the job's lease of 120 s).
+CALL_TIME_LIMIT_SECONDS = 30.0
 
 
 def meter_event_name(event_type: EventType) -> str:
@@ -40,28 +43,26 @@ async def send_meter_event(
     timestamp: datetime,
 ) -> SendResult:
     try:
-        await client.v1.billing.meter_events.create_async(
-            params={
-                "event_name": event_name,
-                "identifier": identifier,
-                "timestamp": int(timestamp.timestamp()),
-                "payload": {"stripe_customer_id": customer, "value": str(value)},
-            }
-        )
-    except stripe.InvalidRequestError as exc:
+        async with asyncio.timeout(CALL_TIME_LIMIT_SECONDS):  # httpx times each phase, not the call
+            await client.v1.billing.meter_events.create_async(
+                params={
+                    "event_name": event_name,
+                    "identifier": identifier,
+                    "timestamp": int(timestamp.timestamp()),
+                    "payload": {"stripe_customer_id": customer, "value": str(value)},
+                }
+            )
+    except stripe.InvalidRequestError as exc:  # a 400/404 with Stripe's own JSON error
         message = exc.user_message or str(exc)
-        if ALREADY_EXISTS in message:  # a repeat of a request Stripe already accepted
-            return SendResult(Outcome.DELIVERED, message)
+        if ALREADY_EXISTS in message or (exc.param == "identifier" and "exist" in message):
+            return SendResult(Outcome.DELIVERED, message)  # a repeat of an accepted request
         return SendResult(Outcome.REJECTED, message)
-    except (stripe.RateLimitError, stripe.APIConnectionError) as exc:
-        # 429 (also Stripe's one-call-per-customer-and-meter limit), timeouts, dropped
-        # connections: the event may or may not be there; the same identifier is safe to resend.
-        return SendResult(Outcome.TRANSIENT, f"{type(exc).__name__}: {exc.user_message or exc}")
-    except (stripe.AuthenticationError, stripe.PermissionError) as exc:
-        # Our key, not the batch: nothing was recorded; retry once an operator fixes it.
-        return SendResult(Outcome.TRANSIENT, f"{type(exc).__name__}: {exc.user_message or exc}")
-    except stripe.StripeError as exc:
-        status = exc.http_status or 0
-        outcome = Outcome.TRANSIENT if status >= 500 or status == 0 else Outcome.REJECTED
-        return SendResult(outcome, f"{type(exc).__name__} ({status}): {exc.user_message or exc}")
+    except (stripe.StripeError, TimeoutError) as exc:
+        # Everything else may or may not have been recorded (429 including Stripe's
+        # one-call-per-customer-and-meter limit, 5xx, timeouts, dropped connections, a 200 whose
+        # body did not parse) or was refused for our key (401/403), not for the batch. The same
+        # identifier is safe to send again.
+        status = getattr(exc, "http_status", None)
+        detail = getattr(exc, "user_message", None) or str(exc) or "timed out"
+        return SendResult(Outcome.TRANSIENT, f"{type(exc).__name__} ({status}): {detail}")
     return SendResult(Outcome.DELIVERED)
