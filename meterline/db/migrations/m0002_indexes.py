@@ -2,22 +2,11 @@
 
 from piccolo.apps.migrations.auto.migration_manager import MigrationManager
 
-from meterline.db.engine import DB
+from meterline.db.raw_migration import sql_migration
 
 ID = "2026-11-25T19:40:00:000000"
 VERSION = "1.38.0"
 DESCRIPTION = "indexes for the audit trail and the month lookups"
-
-
-async def forwards() -> MigrationManager:
-    manager = MigrationManager(migration_id=ID, app_name="meterline", description=DESCRIPTION)
-
-    async def create_indexes() -> None:
-        for statement in STATEMENTS:
-            await DB.run_ddl(statement)
-
-    manager.add_raw(create_indexes)
-    return manager
 
 
 STATEMENTS = [
@@ -27,3 +16,7 @@ STATEMENTS = [
     "CREATE INDEX IF NOT EXISTS usage_events_company_month_type "
     "ON usage_events (company_id, month, event_type)",
 ]
+
+
+async def forwards() -> MigrationManager:
+    return sql_migration(ID, DESCRIPTION, STATEMENTS)

@@ -2,22 +2,11 @@
 
 from piccolo.apps.migrations.auto.migration_manager import MigrationManager
 
-from meterline.db.engine import DB
+from meterline.db.raw_migration import sql_migration
 
 ID = "2026-11-25T20:30:00:000000"
 VERSION = "1.38.0"
 DESCRIPTION = "indexes of the usage sync"
-
-
-async def forwards() -> MigrationManager:
-    manager = MigrationManager(migration_id=ID, app_name="meterline", description=DESCRIPTION)
-
-    async def create_indexes() -> None:
-        for statement in INDEXES:
-            await DB.run_ddl(statement)
-
-    manager.add_raw(create_indexes)
-    return manager
 
 
 INDEXES = [
@@ -31,3 +20,7 @@ INDEXES = [
     "CREATE INDEX IF NOT EXISTS usage_batches_in_flight ON usage_batches "
     "(company_id, event_type) WHERE state = 'sending'",
 ]
+
+
+async def forwards() -> MigrationManager:
+    return sql_migration(ID, DESCRIPTION, INDEXES)

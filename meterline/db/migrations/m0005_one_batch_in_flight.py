@@ -3,7 +3,7 @@ event call per customer and meter, and the database now enforces it, not only th
 
 from piccolo.apps.migrations.auto.migration_manager import MigrationManager
 
-from meterline.db.engine import DB
+from meterline.db.raw_migration import sql_migration
 
 ID = "2026-11-25T21:20:00:000000"
 VERSION = "1.38.0"
@@ -11,14 +11,12 @@ DESCRIPTION = "unique in-flight batch per company and event type"
 
 
 async def forwards() -> MigrationManager:
-    manager = MigrationManager(migration_id=ID, app_name="meterline", description=DESCRIPTION)
-
-    async def one_in_flight() -> None:
-        await DB.run_ddl("DROP INDEX IF EXISTS usage_batches_in_flight")
-        await DB.run_ddl(
+    return sql_migration(
+        ID,
+        DESCRIPTION,
+        [
+            "DROP INDEX IF EXISTS usage_batches_in_flight",
             "CREATE UNIQUE INDEX IF NOT EXISTS usage_batches_one_in_flight ON usage_batches "
-            "(company_id, event_type) WHERE state = 'sending'"
-        )
-
-    manager.add_raw(one_in_flight)
-    return manager
+            "(company_id, event_type) WHERE state = 'sending'",
+        ],
+    )
