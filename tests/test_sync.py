@@ -415,6 +415,7 @@ async def test_cron_route_needs_its_secret(
             "unknown",
             "pending",
             "duration_ms",
+            "errors",
         }
         assert body["sent"] >= 1
     assert double.meter_total(customer, "guest_invitation") == 2
@@ -563,3 +564,23 @@ async def test_a_run_stops_starting_work_when_its_budget_is_spent(
     assert 1 <= report.claimed <= 4  # 15 groups, one at a time, 0.2 s each: a few fit
     assert report.duration_ms < 2_000
     assert report.pending == 15 - report.sent
+
+
+async def test_one_failing_step_does_not_strand_the_others(
+    double: StripeDouble, clock: Clock, meters: None
+) -> None:
+    company_id, customer = await paid_company(double)
+    for event_type in EventType:
+        await record(company_id, event_type, 2, now=clock())
+    failed_once: list[str] = []
+
+    async def flaky(batch: Any) -> None:
+        if not failed_once:
+            failed_once.append(batch.event_name)
+            raise RuntimeError("the database went away for a moment")
+
+    report = await job(double, clock, hooks=SyncHooks(after_claim=flaky)).run()
+    assert (report.errors, report.sent) == (1, 4)
+    clock.set(clock() + LEASE + timedelta(seconds=1))
+    assert (await job(double, clock).run()).sent == 1  # the stranded batch, re-taken
+    assert_double_matches(double, customer, await rollup_totals(company_id))

@@ -58,6 +58,7 @@ class SyncReport:
     pending: int = 0
     duration_ms: int = 0
     events_sent: int = 0
+    errors: int = 0  # steps that raised (logged); their batches are re-taken later
 
     @property
     def settled(self) -> int:
@@ -72,6 +73,7 @@ class SyncReport:
             "unknown": self.unknown,
             "pending": self.pending,
             "duration_ms": self.duration_ms,
+            "errors": self.errors,
         }
 
 
@@ -117,10 +119,19 @@ class SyncJob:
             groups = await batches.pending_groups(self.round_size, self.company_ids)
             if not due and not groups:
                 break
-            await asyncio.gather(
+            outcomes = await asyncio.gather(
                 *[in_budget(functools.partial(self._resend, b, report)) for b in due],
                 *[in_budget(functools.partial(self._claim_and_send, g, report)) for g in groups],
+                return_exceptions=True,
             )
+            for outcome in outcomes:
+                if isinstance(outcome, Exception):
+                    # One batch's trouble (the database for a moment, a bug) must not strand
+                    # the others mid-flight: its lease expires and a later run takes it again.
+                    report.errors += 1
+                    logger.error("usage sync step failed", exc_info=outcome)
+                elif isinstance(outcome, BaseException):
+                    raise outcome  # the process is going down: let it
             if report.claimed == claimed_before and report.settled == settled_before:
                 break  # whatever is left is held by another worker: leave it to them
         status = await batches.status(
