@@ -290,6 +290,15 @@ def count_error_lines(log_path: Path) -> int:
 # --- CPU accounting --------------------------------------------------------------------------
 
 
+def cpu_seconds(process: psutil.Process) -> float:
+    """User + system CPU time of a process so far; 0 once it is gone."""
+    try:
+        times = process.cpu_times()
+    except psutil.NoSuchProcess:
+        return 0.0
+    return float(times.user + times.system)
+
+
 class CpuProbe:
     """CPU used during a window by this process, the server, PostgreSQL and the whole machine,
     in cores (1.00 = one core busy all the time)."""
@@ -298,14 +307,6 @@ class CpuProbe:
         self._bench = psutil.Process()
         self._server = psutil.Process(server_pid)
         self._postmaster = psutil.Process(postmaster_pid) if postmaster_pid else None
-
-    @staticmethod
-    def _seconds(process: psutil.Process) -> float:
-        try:
-            times = process.cpu_times()
-        except psutil.NoSuchProcess:
-            return 0.0
-        return float(times.user + times.system)
 
     def _snapshot(self) -> dict[str, dict[int, float]]:
         groups: dict[str, list[psutil.Process]] = {
@@ -316,7 +317,7 @@ class CpuProbe:
         if self._postmaster is not None:
             with contextlib.suppress(psutil.NoSuchProcess):
                 groups["postgres"] = [self._postmaster, *self._postmaster.children()]
-        snapshot = {name: {p.pid: self._seconds(p) for p in ps} for name, ps in groups.items()}
+        snapshot = {name: {p.pid: cpu_seconds(p) for p in ps} for name, ps in groups.items()}
         total = psutil.cpu_times()
         busy = total.user + total.nice + total.system + total.irq + total.softirq
         snapshot["machine"] = {0: float(busy)}

@@ -56,6 +56,7 @@ from typing import Any
 import psutil
 
 from bench.record_usage import (
+    cpu_seconds,
     create_database,
     drop_database,
     machine_info,
@@ -233,16 +234,8 @@ class CpuMeter:
         self._main_thread = threading.main_thread().native_id
         self._postmaster = psutil.Process(postmaster_pid) if postmaster_pid else None
 
-    @staticmethod
-    def _seconds(process: psutil.Process) -> float:
-        try:
-            times = process.cpu_times()
-        except psutil.NoSuchProcess:
-            return 0.0
-        return float(times.user + times.system)
-
     def snapshot(self) -> dict[str, float]:
-        process = self._seconds(self._me)  # includes threads that have ended since
+        process = cpu_seconds(self._me)  # includes threads that have ended since
         job = sum(
             t.user_time + t.system_time for t in self._me.threads() if t.id == self._main_thread
         )
@@ -252,7 +245,7 @@ class CpuMeter:
                 children = self._postmaster.children()
             except psutil.NoSuchProcess:
                 children = []
-            postgres = sum(self._seconds(p) for p in [self._postmaster, *children])
+            postgres = sum(cpu_seconds(p) for p in [self._postmaster, *children])
         total = psutil.cpu_times()
         return {
             "job": job,

@@ -23,6 +23,7 @@ from meterline.app import create_app
 from meterline.config import Settings
 from meterline.db import engine
 from meterline.db.migrate import migrate
+from tests.stripe_double import StripeDouble
 
 JWT_SECRET = "test-dev-secret-0123456789abcdef0123456789"
 SERVICE_SECRET = "test-service-secret-0123456789abcdef012345"
@@ -175,6 +176,13 @@ def client_for(app: Any) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://meterline.test"
     )
+
+
+@pytest.fixture
+def double() -> Iterator[StripeDouble]:
+    """A fresh Stripe double (a real HTTP server on 127.0.0.1) per test."""
+    with StripeDouble() as server:
+        yield server
 
 
 @pytest.fixture

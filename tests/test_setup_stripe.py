@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -44,12 +43,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationW
 
 PAID = (Tier.STARTER, Tier.PROFESSIONAL, Tier.ENTERPRISE)
 PUBLIC_URL = "https://meterline.example.com/"
-
-
-@pytest.fixture
-def double() -> Iterator[StripeDouble]:
-    with StripeDouble() as server:
-        yield server
 
 
 def catalog_for(double: StripeDouble, database_url: str) -> StripeCatalog:

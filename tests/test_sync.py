@@ -24,12 +24,6 @@ NOV_20 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def double() -> Iterator[StripeDouble]:
-    with StripeDouble() as server:
-        yield server
-
-
-@pytest.fixture
 def clock(double: StripeDouble) -> Clock:
     moment = Clock(fixed=NOV_20)
     double.now = lambda: int(moment().timestamp())

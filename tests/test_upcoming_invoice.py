@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -29,12 +29,6 @@ TIMES = "\N{MULTIPLICATION SIGN}"  # as in Stripe's line descriptions, "7 x SMS"
 INVOICE_FIELDS = """amountDue { amount currency } periodStart periodEnd
   lines { description quantity amount { amount currency } }"""
 QUERY = f"{{ upcomingInvoice {{ {INVOICE_FIELDS} }} }}"
-
-
-@pytest.fixture
-def double() -> Iterator[StripeDouble]:
-    with StripeDouble() as server:
-        yield server
 
 
 @pytest.fixture
