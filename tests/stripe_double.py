@@ -18,6 +18,26 @@ Behaviours that matter to an exactly-once sync:
 - Failure injection (`fail`): answer 429 or 500, stall past the client's timeout and then
   process, process and drop the connection unanswered, or drop it before processing.
 
+Subscriptions and invoices (for the webhooks work):
+- GET /v1/subscriptions filters by `customer`, `price`, `created` and `status` (default: all but
+  canceled and incomplete_expired; `all`; `ended` = canceled + incomplete_expired), newest first.
+- Invoices embed at most `embedded_invoice_lines` (10) lines, `has_more` when there are more;
+  GET /v1/invoices/{id}/lines pages over all of them, in the invoice's order.
+- Expansion follows any path through lists and objects (`lines.data.pricing.price_details.price`
+  on an invoice, `data.`-prefixed on lists); a null on the way ends that branch, as on Stripe.
+- `invoice_for_month` issues a month's subscription_cycle invoice as Stripe does on the 1st after
+  it: metered lines priced from the meter events the double received in that month, licensed
+  lines for the next month; `finalize_invoice`, `pay_invoice`, `fail_invoice_payment`,
+  `void_invoice`, `mark_uncollectible` move it on; `update_*` override fields.
+
+Events and signatures:
+- `snapshot_event` builds a v1 event as Stripe POSTs it to a webhook endpoint (the object's
+  current rendering, the SDK's pinned API version) and GET /v1/events/{id} serves it.
+- `add_thin_event` stores a v2 event served by GET /v2/core/events/{id} (404 `not_found` in
+  the v2 error shape when unknown); `thin_notification` is the payload Stripe POSTs for it;
+  `meter_error_data` builds the data of the meter error report events.
+- `sign_payload` makes a `Stripe-Signature` header (`t=...,v1=...`) as Stripe signs deliveries.
+
 The server runs in its own threads (never on the test's event loop); state is guarded by one
 lock, so tests may read it at any time.
 """
@@ -28,7 +48,10 @@ import calendar
 import collections
 import contextlib
 import copy
+import hashlib
+import hmac
 import json
+import operator
 import os
 import random
 import re
@@ -49,6 +72,7 @@ from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
+import stripe
 import stripe.params as p1
 import stripe.params.billing as pbilling
 import stripe.params.v2.core as p2core
@@ -172,10 +196,34 @@ def _missing(param: str) -> StripeApiError:
 
 
 def _no_such(kind: str, object_id: str, param: str = "id", status: int = 404) -> StripeApiError:
-    noun = _KINDS[kind].noun
+    noun = _KINDS[kind].noun if kind in _KINDS else _NOUNS.get(kind, kind)
     return StripeApiError(
         status, f"No such {noun}: '{object_id}'", param=param, code="resource_missing"
     )
+
+
+def _v2_not_found(kind: str, object_id: str) -> StripeApiError:
+    """A v2 404: `{"error": {"type", "code": "not_found", "message"}}`, no `param`."""
+    return StripeApiError(404, f"No such {_NOUNS[kind]}: '{object_id}'", code="not_found")
+
+
+# --- webhook signatures ---------------------------------------------------------------------------
+
+
+def sign_payload(
+    payload: bytes | str,
+    secret: str,
+    *,
+    timestamp: int | None = None,
+    schemes: tuple[str, ...] = ("v1",),
+) -> str:
+    """A `Stripe-Signature` header for `payload`: `t=<ts>,v1=<hex HMAC-SHA256 of "<ts>.<payload>">`,
+    one signature per scheme (("v0",) makes a header the SDK refuses). `timestamp` defaults to
+    the real time, which the SDK's tolerance check uses (not the double's `now`)."""
+    ts = int(time.time()) if timestamp is None else timestamp
+    body = payload.decode("utf-8") if isinstance(payload, bytes) else payload
+    signature = hmac.new(secret.encode(), f"{ts}.{body}".encode(), hashlib.sha256).hexdigest()
+    return ",".join([f"t={ts}", *(f"{scheme}={signature}" for scheme in schemes)])
 
 
 # --- request parameters ---------------------------------------------------------------------------
@@ -459,9 +507,37 @@ _KINDS: dict[str, _Kind] = {
             "webhooks_delivered_at": None,
         },
     ),
+    "event": _Kind(
+        "evt",
+        "event",
+        "event",
+        {
+            "api_version": None,
+            "pending_webhooks": 1,
+            "request": {"id": None, "idempotency_key": None},
+        },
+    ),
 }
 
 _V2_DESTINATION = "v2.core.event_destination"
+_V2_EVENT = "v2.core.event"
+_LINE_ITEM = "line_item"
+# Nouns of what is not stored as a _Kind (error messages).
+_NOUNS = {_V2_DESTINATION: "event destination", _V2_EVENT: "event", _LINE_ITEM: "line item"}
+_INVOICE_STATUSES = ("draft", "open", "paid", "uncollectible", "void")
+_SUBSCRIPTION_STATUSES = (
+    "active",
+    "canceled",
+    "incomplete",
+    "incomplete_expired",
+    "past_due",
+    "paused",
+    "trialing",
+    "unpaid",
+)
+_ENDED = ("canceled", "incomplete_expired")
+PAYMENT_RETRY_DELAY = 3 * DAY  # Smart Retries' next attempt after a failed payment
+FIRST_ATTEMPT_DELAY = 3600  # Stripe attempts payment about an hour after finalizing
 
 
 # --- routing --------------------------------------------------------------------------------------
@@ -490,7 +566,10 @@ def _route(
 
 def _check_params(route: _Route, params: _Params, v2: bool) -> None:
     known = (route.params.__required_keys__ | route.params.__optional_keys__) - _REQUEST_OPTIONS
-    known |= {"page"} if v2 else {"expand"}  # v2 list pages come back as `page` tokens
+    # v2 list pages come back as `page` tokens; stripe 16.1's async raw requests (thin events'
+    # fetch_event_async) leak their `usage` telemetry into v2 queries: accepted there (Stripe's
+    # answer is unverified), refused on v1 as any unknown parameter is
+    known |= {"page", "usage"} if v2 else {"expand"}
     for key in params.data:
         if key not in known:
             raise _invalid(f"Received unknown parameter: {key}", key)
@@ -536,6 +615,10 @@ class StripeDouble:
         self._stopping = threading.Event()
         self._objects: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in _KINDS}
         self._objects[_V2_DESTINATION] = {}
+        self._objects[_V2_EVENT] = {}
+        # lines an invoice embeds (`lines.has_more` beyond); GET /v1/invoices/{id}/lines has all
+        self.embedded_invoice_lines = 10
+        self._invoice_numbers = 0
         self._events: list[dict[str, Any]] = []
         self._in_flight: collections.Counter[tuple[str, str]] = collections.Counter()
         self._failures: list[_FailureRule] = []
@@ -659,30 +742,24 @@ class StripeDouble:
         *,
         metadata: dict[str, str] | None = None,
         period: tuple[int, int] | None = None,
+        start: int | None = None,
+        status: str = "active",
     ) -> str:
-        """An active subscription with one item per price. Its period is this UTC month of
-        `now`, unless `period` = (start, end) says otherwise. An unknown customer is created."""
+        """A subscription with one item per price. Its period is this UTC month of `now`, unless
+        `period` = (start, end) says otherwise, or `start` starts it then with a prorated first
+        period up to the next UTC 1st (the billing cycle anchor), as Meterline's checkout does.
+        An unknown customer is created."""
+        if period is not None and start is not None:
+            raise ValueError("give either period or start, not both")
         with self._lock:
             if customer not in self._objects["customer"]:
                 self.add_customer(customer)
             prices = [self._get("price", price_id, param="price") for price_id in price_ids]
-            start, end = period or _month_bounds(self._now())
+            if start is not None:
+                period = (start, _month_bounds(start)[1])
+            begin, end = period or _month_bounds(self._now())
             subscription_id = _new_id("sub")
-            items = []
-            for price in prices:
-                item = _fixture("subscription_item")
-                item.update(
-                    id=_new_id("si"),
-                    created=start,
-                    metadata={},
-                    price=price["id"],  # rendered as the price object
-                    quantity=None if _is_metered(price) else 1,
-                    subscription=subscription_id,
-                    current_period_start=start,
-                    current_period_end=end,
-                    billing_thresholds=None,
-                )
-                items.append(item)
+            items = [self._subscription_item(subscription_id, p, begin, end) for p in prices]
             subscription = self._new(
                 "subscription",
                 {
@@ -690,9 +767,10 @@ class StripeDouble:
                     "customer": customer,
                     "currency": prices[0]["currency"] if prices else "usd",
                     "metadata": dict(metadata or {}),
-                    "billing_cycle_anchor": start,
-                    "created": start,
-                    "start_date": start,
+                    "billing_cycle_anchor": end if start is not None else begin,
+                    "created": begin,
+                    "start_date": begin,
+                    "status": status,
                     "items": {
                         "object": "list",
                         "data": items,
@@ -704,6 +782,36 @@ class StripeDouble:
             )
             return str(subscription["id"])
 
+    def update_subscription(self, sub_id: str, **fields: Any) -> dict[str, Any]:
+        """Override top-level fields (status="past_due", cancel_at_period_end=True, ...)."""
+        with self._lock:
+            subscription = self._get("subscription", sub_id)
+            subscription.update(copy.deepcopy(fields))
+            return self._render("subscription", subscription)
+
+    def cancel_subscription(self, sub_id: str) -> dict[str, Any]:
+        """Cancel now: status "canceled", canceled_at and ended_at = now."""
+        with self._lock:
+            now = self._now()
+            return self.update_subscription(
+                sub_id, status="canceled", canceled_at=now, ended_at=now
+            )
+
+    def set_subscription_prices(self, sub_id: str, price_ids: list[str]) -> dict[str, Any]:
+        """Replace the items with one per price, keeping the current period."""
+        with self._lock:
+            subscription = self._get("subscription", sub_id)
+            prices = [self._get("price", price_id, param="price") for price_id in price_ids]
+            current = subscription["items"]["data"]
+            begin, end = (
+                (current[0]["current_period_start"], current[0]["current_period_end"])
+                if current
+                else _month_bounds(self._now())
+            )
+            items = [self._subscription_item(sub_id, p, begin, end) for p in prices]
+            subscription["items"].update(data=items, total_count=len(items))
+            return self._render("subscription", subscription)
+
     def add_invoice(self, customer: str, *, subscription: str | None = None, **fields: Any) -> str:
         """An invoice for GET /v1/invoices; `fields` override the invoice's top-level fields."""
         with self._lock:
@@ -711,6 +819,251 @@ class StripeDouble:
             invoice.update(fields)
             self._objects["invoice"][invoice["id"]] = invoice
             return str(invoice["id"])
+
+    def invoice_for_month(
+        self, subscription_id: str, month_start: int, *, status: str = "open", **fields: Any
+    ) -> str:
+        """The subscription_cycle invoice Stripe issues on the 1st after [month_start, next UTC
+        1st): metered lines for that month, licensed lines for the next; finalized (numbered,
+        hosted URL, PDF) on that 1st unless `status` is "draft"; "paid", "void" and
+        "uncollectible" happen an hour later. `fields` override top-level fields last."""
+        if status not in _INVOICE_STATUSES:
+            raise ValueError(f"unknown invoice status {status!r}")
+        with self._lock:
+            sub = self._get("subscription", subscription_id, param="subscription")
+            begin, end = month_start, _month_bounds(month_start)[1]
+            invoice_id = _new_id("in")
+            invoice = self._blank_invoice(invoice_id, sub["customer"], sub)
+            lines = [
+                self._subscription_line(invoice_id, sub, item, (begin, end), line_id=_new_id("il"))
+                for item in sub["items"]["data"]
+            ]
+            total = sum(line["amount"] for line in lines)
+            invoice.update(
+                amount_due=total,
+                amount_paid=0,
+                amount_remaining=total,
+                attempt_count=0,
+                attempted=False,
+                auto_advance=True,
+                automatically_finalizes_at=end + FIRST_ATTEMPT_DELAY,
+                billing_reason="subscription_cycle",
+                collection_method="charge_automatically",
+                created=end,
+                currency=sub["currency"],
+                hosted_invoice_url=None,
+                invoice_pdf=None,
+                next_payment_attempt=end + FIRST_ATTEMPT_DELAY,
+                period_start=begin,
+                period_end=end,
+                subtotal=total,
+                subtotal_excluding_tax=total,
+                total=total,
+                total_excluding_tax=total,
+            )
+            invoice["lines"]["data"] = lines
+            self._objects["invoice"][invoice_id] = invoice
+            sub["latest_invoice"] = invoice_id
+            if status != "draft":
+                self._finalize(invoice, end)
+            action = {"paid": "pay", "void": "void", "uncollectible": "uncollectible"}.get(status)
+            if action is not None:  # on the first payment attempt, an hour after finalizing
+                self._settle(invoice_id, action, end + FIRST_ATTEMPT_DELAY)
+            invoice.update(copy.deepcopy(fields))
+            return invoice_id
+
+    def update_invoice(self, invoice_id: str, **fields: Any) -> dict[str, Any]:
+        """Override top-level fields of a stored invoice."""
+        with self._lock:
+            invoice = self._get("invoice", invoice_id)
+            invoice.update(copy.deepcopy(fields))
+            return self._render("invoice", invoice)
+
+    def finalize_invoice(self, invoice_id: str) -> dict[str, Any]:
+        """A draft becomes open now: numbered, hosted URL and PDF, payment attempted in 1 h."""
+        return self._settle(invoice_id, "finalize", None)
+
+    def pay_invoice(self, invoice_id: str) -> dict[str, Any]:
+        """Paid now (a draft is finalized first): amount_paid = amount_due, nothing remaining."""
+        return self._settle(invoice_id, "pay", None)
+
+    def fail_invoice_payment(self, invoice_id: str) -> dict[str, Any]:
+        """A failed attempt: still open, attempted, attempt_count + 1, next attempt in 3 days."""
+        return self._settle(invoice_id, "fail", None)
+
+    def void_invoice(self, invoice_id: str) -> dict[str, Any]:
+        """Voided now (an open or uncollectible invoice)."""
+        return self._settle(invoice_id, "void", None)
+
+    def mark_uncollectible(self, invoice_id: str) -> dict[str, Any]:
+        """Marked uncollectible now (an open invoice)."""
+        return self._settle(invoice_id, "uncollectible", None)
+
+    # events
+
+    def snapshot_event(
+        self,
+        event_type: str,
+        object_id: str,
+        *,
+        created: int | None = None,
+        previous_attributes: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """A v1 event as Stripe POSTs it to a webhook endpoint (the object as it is now), also
+        served by GET /v1/events/{id}."""
+        with self._lock:
+            kind, obj = self._find(object_id)
+            data: dict[str, Any] = {"object": self._render(kind, obj)}
+            if previous_attributes is not None:
+                data["previous_attributes"] = copy.deepcopy(previous_attributes)
+            event = self._new(
+                "event",
+                {
+                    "api_version": stripe.api_version,
+                    "created": self._now() if created is None else created,
+                    "data": data,
+                    "type": event_type,
+                },
+            )
+            return self._render("event", event)
+
+    def add_thin_event(
+        self,
+        event_type: str,
+        *,
+        related_object: dict[str, Any] | None,
+        data: dict[str, Any],
+        reason: dict[str, Any] | None = None,
+    ) -> str:
+        """A v2 event for GET /v2/core/events/{id}; returns its id."""
+        with self._lock:
+            event_id = _new_id("evt_test")
+            self._objects[_V2_EVENT][event_id] = {
+                "id": event_id,
+                "object": _V2_EVENT,
+                "changes": None,
+                "context": None,
+                "created": _iso(self._now()),
+                "data": copy.deepcopy(data),
+                "livemode": False,
+                "reason": copy.deepcopy(reason),
+                "related_object": copy.deepcopy(related_object),
+                "type": event_type,
+            }
+            return event_id
+
+    def thin_notification(self, event_id: str) -> dict[str, Any]:
+        """The thin payload Stripe POSTs to an event destination for a stored v2 event."""
+        with self._lock:
+            event = self._objects[_V2_EVENT][event_id]
+            keys = ("id", "object", "type", "created", "livemode", "context", "reason")
+            return copy.deepcopy(
+                {**{k: event[k] for k in keys}, "related_object": event["related_object"]}
+            )
+
+    def meter_error_data(self, samples: list[tuple[str, str, str]]) -> dict[str, Any]:
+        """The `data` of a v1.billing.meter.error_report_triggered / no_meter_found event for
+        (code, error message, identifier) samples, the window ending at `now`."""
+        by_code: dict[str, list[dict[str, Any]]] = {}
+        for code, message, identifier in samples:
+            by_code.setdefault(code, []).append(
+                {"error_message": message, "request": {"identifier": identifier}}
+            )
+        count = len(samples)
+        with self._lock:
+            now = self._now()
+        return {
+            "developer_message_summary": (
+                "There is 1 invalid event" if count == 1 else f"There are {count} invalid events"
+            ),
+            "reason": {
+                "error_count": count,
+                "error_types": [
+                    {"code": code, "error_count": len(errors), "sample_errors": errors}
+                    for code, errors in by_code.items()
+                ],
+            },
+            "validation_start": _iso(now - 60),
+            "validation_end": _iso(now),
+        }
+
+    # internals: subscriptions and invoices
+
+    def _subscription_item(
+        self, subscription_id: str, price: dict[str, Any], start: int, end: int
+    ) -> dict[str, Any]:
+        item = _fixture("subscription_item")
+        item.update(
+            id=_new_id("si"),
+            created=start,
+            metadata={},
+            price=price["id"],  # rendered as the price object
+            quantity=None if _is_metered(price) else 1,
+            subscription=subscription_id,
+            current_period_start=start,
+            current_period_end=end,
+            billing_thresholds=None,
+        )
+        return item
+
+    def _settle(self, invoice_id: str, action: str, at: int | None) -> dict[str, Any]:
+        """Move an invoice on as Stripe does (`at` defaults to now); ValueError when Stripe
+        would refuse (paying a void invoice, voiding a draft, ...)."""
+        allowed = {
+            "finalize": ("draft",),
+            "pay": ("draft", "open", "uncollectible"),
+            "fail": ("open",),
+            "void": ("open", "uncollectible"),
+            "uncollectible": ("open",),
+        }[action]
+        with self._lock:
+            invoice = self._get("invoice", invoice_id)
+            if invoice["status"] not in allowed:
+                raise ValueError(f"cannot {action} invoice {invoice_id}: it is {invoice['status']}")
+            at = self._now() if at is None else at
+            transitions = invoice["status_transitions"]
+            if invoice["status"] == "draft":
+                self._finalize(invoice, at)
+            if action == "pay":
+                invoice.update(
+                    status="paid",
+                    amount_paid=invoice["amount_due"],
+                    amount_remaining=0,
+                    attempted=True,
+                    attempt_count=(invoice["attempt_count"] or 0) + 1,
+                    auto_advance=False,
+                    next_payment_attempt=None,
+                )
+                transitions["paid_at"] = at
+            elif action == "fail":
+                invoice.update(
+                    attempted=True,
+                    attempt_count=(invoice["attempt_count"] or 0) + 1,
+                    next_payment_attempt=at + PAYMENT_RETRY_DELAY,
+                )
+            elif action == "void":
+                invoice.update(status="void", auto_advance=False, next_payment_attempt=None)
+                transitions["voided_at"] = at
+            elif action == "uncollectible":
+                invoice.update(
+                    status="uncollectible", auto_advance=False, next_payment_attempt=None
+                )
+                transitions["marked_uncollectible_at"] = at
+            return self._render("invoice", invoice)
+
+    def _finalize(self, invoice: dict[str, Any], at: int) -> None:
+        self._invoice_numbers += 1
+        invoice_id = invoice["id"]
+        invoice.update(
+            status="open",
+            number=f"MLD-{self._invoice_numbers:04d}",
+            hosted_invoice_url=f"https://invoice.stripe.com/i/acct_double/test_{invoice_id}",
+            invoice_pdf=f"https://pay.stripe.com/invoice/acct_double/test_{invoice_id}/pdf",
+            automatically_finalizes_at=None,
+            effective_at=at,
+            next_payment_attempt=at + FIRST_ATTEMPT_DELAY,
+        )
+        invoice["status_transitions"]["finalized_at"] = at
 
     # internals: time, store, rendering
 
@@ -751,6 +1104,10 @@ class StripeDouble:
                 price = self._objects["price"][item["price"]]
                 item["price"] = self._render("price", price)
                 item["plan"] = _plan(item.get("plan") or {}, price)
+        elif kind == "invoice":
+            lines = out["lines"]
+            if len(lines["data"]) > self.embedded_invoice_lines:
+                lines.update(data=lines["data"][: self.embedded_invoice_lines], has_more=True)
         elif kind == _V2_DESTINATION:
             out["webhook_endpoint"] = {"signing_secret": None, "url": None}
         return out
@@ -769,7 +1126,8 @@ class StripeDouble:
             raise _invalid(f"This property cannot be expanded ({path}).", "expand")
         head, rest = segments[0], segments[1:]
         if rest:
-            self._expand_path(node[head], rest, path)
+            if node[head] is not None:  # a null on the way: nothing to expand there
+                self._expand_path(node[head], rest, path)
         elif head == "tiers" and node.get("object") == "price":
             node["tiers"] = copy.deepcopy(self._objects["price"][node["id"]].get("tiers"))
         elif isinstance(node[head], str):
@@ -785,15 +1143,22 @@ class StripeDouble:
         return self._expand(self._render(kind, obj), req.expand)
 
     def _list(
-        self, req: _Request, kind: str, keep: Callable[[dict[str, Any]], bool] = lambda _: True
+        self,
+        req: _Request,
+        kind: str,
+        keep: Callable[[dict[str, Any]], bool] = lambda _: True,
+        *,
+        ordered: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        """A v1 list, newest first, with `limit`, `starting_after`, `ending_before`."""
+        """A v1 list, newest first (or in the given order), with `limit`, `starting_after`,
+        `ending_before`."""
         p = req.params
         limit = p.integer("limit")
         limit = 10 if limit is None else limit
         if not 1 <= limit <= 100:
             raise _invalid("Invalid limit: must be between 1 and 100", "limit")
-        ordered = list(reversed(self._objects[kind].values()))
+        if ordered is None:
+            ordered = list(reversed(self._objects[kind].values()))
         ids = [o["id"] for o in ordered]
         for cursor in ("starting_after", "ending_before"):
             object_id = p.text(cursor)
@@ -1172,8 +1537,16 @@ class StripeDouble:
         }
 
     def _destinations_retrieve(self, req: _Request) -> dict[str, Any]:
-        destination = self._get(_V2_DESTINATION, req.args["id"])
+        destination = self._objects[_V2_DESTINATION].get(req.args["id"])
+        if destination is None:
+            raise _v2_not_found(_V2_DESTINATION, req.args["id"])
         return self._render_destination(destination, req.params.array("include"))
+
+    def _v2_events_retrieve(self, req: _Request) -> dict[str, Any]:
+        event = self._objects[_V2_EVENT].get(req.args["id"])
+        if event is None:
+            raise _v2_not_found(_V2_EVENT, req.args["id"])
+        return self._render(_V2_EVENT, event)
 
     # customers, subscriptions, invoices
 
@@ -1182,8 +1555,34 @@ class StripeDouble:
         fields = {"email": p.text("email"), "name": p.text("name"), "metadata": p.metadata()}
         return self._reply("customer", self._new("customer", fields), req)
 
+    def _subscriptions_list(self, req: _Request) -> dict[str, Any]:
+        p = req.params
+        status = p.text("status")
+        if status not in (None, "all", "ended", *_SUBSCRIPTION_STATUSES):
+            options = ", ".join(("all", "ended", *_SUBSCRIPTION_STATUSES))
+            raise _invalid(f"Invalid status: must be one of {options}", "status")
+        customer, price = p.text("customer"), p.text("price")
+        created = _range(p, "created")
+
+        def keep(sub: dict[str, Any]) -> bool:
+            if status is None:  # every status but the ended ones, as Stripe
+                wanted = sub["status"] not in _ENDED
+            elif status == "ended":
+                wanted = sub["status"] in _ENDED
+            else:
+                wanted = status in ("all", sub["status"])
+            return (
+                wanted
+                and customer in (None, sub["customer"])
+                and (price is None or any(i["price"] == price for i in sub["items"]["data"]))
+                and created(sub["created"])
+            )
+
+        return self._list(req, "subscription", keep)
+
     def _invoices_list(self, req: _Request) -> dict[str, Any]:
         wanted = {k: req.params.text(k) for k in ("customer", "subscription", "status")}
+        created = _range(req.params, "created")
 
         def keep(invoice: dict[str, Any]) -> bool:
             actual = {
@@ -1191,9 +1590,15 @@ class StripeDouble:
                 "subscription": _invoice_subscription(invoice),
                 "status": invoice["status"],
             }
-            return all(v in (None, actual[k]) for k, v in wanted.items())
+            return all(v in (None, actual[k]) for k, v in wanted.items()) and created(
+                invoice["created"]
+            )
 
         return self._list(req, "invoice", keep)
+
+    def _invoice_lines_list(self, req: _Request) -> dict[str, Any]:
+        invoice = self._get("invoice", req.args["id"])
+        return self._list(req, _LINE_ITEM, ordered=list(invoice["lines"]["data"]))
 
     def _blank_invoice(
         self, invoice_id: str, customer: str, subscription: dict[str, Any] | str | None
@@ -1275,7 +1680,16 @@ class StripeDouble:
         invoice_id = _new_id("upcoming_in")
         invoice = self._blank_invoice(invoice_id, sub["customer"], sub)
         items = sub["items"]["data"]
-        lines = [self._preview_line(invoice_id, sub, item) for item in items]
+        lines = [
+            self._subscription_line(
+                invoice_id,
+                sub,
+                item,
+                (item["current_period_start"], item["current_period_end"]),
+                line_id=_new_id("il_tmp"),
+            )
+            for item in items
+        ]
         total = sum(line["amount"] for line in lines)
         start = items[0]["current_period_start"] if items else invoice["period_start"]
         end = items[0]["current_period_end"] if items else invoice["period_end"]
@@ -1294,22 +1708,34 @@ class StripeDouble:
         invoice["lines"]["data"] = lines
         return self._expand(invoice, req.expand)
 
-    def _preview_line(
-        self, invoice_id: str, sub: dict[str, Any], item: dict[str, Any]
+    def _usage(self, customer: str, meter: dict[str, Any], start: int, end: int) -> int:
+        """The meter's aggregate of the customer's events received for [start, end)."""
+        values = [
+            e["value"]
+            for e in self._events
+            if e["customer"] == customer
+            and e["event_name"] == meter["event_name"]
+            and start <= e["timestamp"] < end
+        ]
+        return _aggregate(meter["default_aggregation"]["formula"], values)
+
+    def _subscription_line(
+        self,
+        invoice_id: str,
+        sub: dict[str, Any],
+        item: dict[str, Any],
+        usage_period: tuple[int, int],
+        *,
+        line_id: str,
     ) -> dict[str, Any]:
+        """The invoice line of a subscription item: a metered price bills its usage over
+        `usage_period`, a licensed one the period after it, in advance."""
         price = self._objects["price"][item["price"]]
         product = self._objects["product"].get(price["product"], {})
-        start, end = item["current_period_start"], item["current_period_end"]
+        start, end = usage_period
         if _is_metered(price):
             meter = self._objects["billing.meter"][price["recurring"]["meter"]]
-            values = [
-                e["value"]
-                for e in self._events
-                if e["customer"] == sub["customer"]
-                and e["event_name"] == meter["event_name"]
-                and start <= e["timestamp"] < end
-            ]
-            quantity = _aggregate(meter["default_aggregation"]["formula"], values)
+            quantity = self._usage(sub["customer"], meter, start, end)
         else:
             quantity = item["quantity"] or 1
             start, end = end, _add_month(end)  # licensed prices bill the coming period
@@ -1317,7 +1743,7 @@ class StripeDouble:
         amount = _amount(price, quantity)
         line: dict[str, Any] = _fixture("invoice")["lines"]["data"][0]
         line.update(
-            id=_new_id("il_tmp"),
+            id=line_id,
             amount=amount,
             currency=price["currency"],
             description=description,
@@ -1635,6 +2061,25 @@ def _plan(plan: dict[str, Any], price: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _range(p: _Params, key: str) -> Callable[[int], bool]:
+    """A timestamp filter such as `created`: a value, or a hash of gt/gte/lt/lte."""
+    if isinstance(p.data.get(key), dict):
+        bounds = p.hash(key)
+        checks = [
+            (compare, bound)
+            for op, compare in (
+                ("gt", operator.gt),
+                ("gte", operator.ge),
+                ("lt", operator.lt),
+                ("lte", operator.le),
+            )
+            if (bound := bounds.integer(op)) is not None
+        ]
+        return lambda value: all(compare(value, bound) for compare, bound in checks)
+    exact = p.integer(key)
+    return lambda value: exact in (None, value)
+
+
 def _invoice_subscription(invoice: dict[str, Any]) -> str | None:
     parent = invoice.get("parent") or {}
     details = parent.get("subscription_details") or {}
@@ -1715,6 +2160,7 @@ _ROUTES: list[_Route] = [
     ),
     _route("POST", "/v1/customers", StripeDouble._customers_create, p1.CustomerCreateParams),
     _route("GET", "/v1/customers/{id}", _retriever("customer"), p1.CustomerRetrieveParams),
+    _route("GET", "/v1/subscriptions", StripeDouble._subscriptions_list, p1.SubscriptionListParams),
     _route(
         "GET",
         "/v1/subscriptions/{id}",
@@ -1723,12 +2169,22 @@ _ROUTES: list[_Route] = [
     ),
     _route("GET", "/v1/invoices", StripeDouble._invoices_list, p1.InvoiceListParams),
     _route(
+        "GET",
+        "/v1/invoices/{id}/lines",
+        StripeDouble._invoice_lines_list,
+        p1.InvoiceLineItemListParams,
+    ),
+    _route(
         "POST",
         "/v1/invoices/create_preview",
         StripeDouble._invoices_preview,
         p1.InvoiceCreatePreviewParams,
     ),
     _route("GET", "/v1/invoices/{id}", _retriever("invoice"), p1.InvoiceRetrieveParams),
+    _route("GET", "/v1/events/{id}", _retriever("event"), p1.EventRetrieveParams),
+    _route(
+        "GET", "/v2/core/events/{id}", StripeDouble._v2_events_retrieve, p2core.EventRetrieveParams
+    ),
 ]
 
 

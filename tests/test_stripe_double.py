@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -10,8 +11,13 @@ from typing import Any
 import httpx
 import pytest
 import stripe
+from stripe.events import (
+    V1BillingMeterErrorReportTriggeredEvent,
+    V1BillingMeterErrorReportTriggeredEventNotification,
+    V1BillingMeterNoMeterFoundEventNotification,
+)
 
-from tests.stripe_double import StripeDouble
+from tests.stripe_double import StripeDouble, sign_payload
 
 NOW = 1_800_000_000  # 2027-01-15 08:00 UTC
 JAN_1 = 1_798_761_600  # 2027-01-01 00:00 UTC
@@ -691,3 +697,405 @@ def test_unknown_routes_are_404(double: StripeDouble, client: stripe.StripeClien
         client.v1.coupons.retrieve("co_1")
     assert missing.value.http_status == 404
     assert ("GET", "/v1/coupons/co_1") in double.requests
+
+
+# --- subscriptions for webhooks -----------------------------------------------------------------
+
+
+def base_and_sms(client: stripe.StripeClient, double: StripeDouble) -> tuple[str, str]:
+    """A $49 monthly base price and a graduated SMS price (1000 free, then 5 cents)."""
+    meter = double.add_meter("sms_sent")
+    product = client.v1.products.create(params={"name": "Pro"}).id
+    base = client.v1.prices.create(
+        params={
+            "product": product,
+            "currency": "usd",
+            "unit_amount": 4900,
+            "recurring": {"interval": "month"},
+            "lookup_key": "tier_pro",
+        }
+    ).id
+    sms = client.v1.prices.create(
+        params=graduated(product, meter, 1000, "5", lookup_key="meter_pro_sms_sent")
+    ).id
+    return base, sms
+
+
+async def test_subscriptions_list_filters_by_status_and_customer_and_pages(
+    double: StripeDouble, client: stripe.StripeClient
+) -> None:
+    base, sms = base_and_sms(client, double)
+    active = double.add_subscription("cus_a", [base, sms])
+    past_due = double.add_subscription("cus_a", [base], status="past_due")
+    canceled = double.add_subscription("cus_b", [base])
+    double.cancel_subscription(canceled)
+    expired = double.add_subscription("cus_b", [base], status="incomplete_expired")
+    paused = double.add_subscription("cus_b", [base])
+    double.update_subscription(paused, status="paused")
+
+    async def ids(**params: Any) -> list[str]:
+        listed = await client.v1.subscriptions.list_async(params=params)  # type: ignore[arg-type]
+        return [s.id async for s in listed.auto_paging_iter()]
+
+    assert await ids() == [paused, past_due, active]  # newest first, ended ones left out
+    assert await ids(status="all") == [paused, expired, canceled, past_due, active]
+    assert await ids(status="ended") == [expired, canceled]
+    assert await ids(status="canceled") == [canceled]
+    assert await ids(status="past_due", customer="cus_a") == [past_due]
+    assert await ids(customer="cus_b", status="all", limit=1) == [paused, expired, canceled]
+    assert await ids(price=sms) == [active]
+    assert await ids(created={"gte": NOW + 1}) == []
+
+    page = await client.v1.subscriptions.list_async(params={"status": "all", "limit": 2})
+    assert [s.id for s in page.data] == [paused, expired] and page.has_more
+    rest = await client.v1.subscriptions.list_async(
+        params={"status": "all", "limit": 100, "starting_after": expired}
+    )
+    assert [s.id for s in rest.data] == [canceled, past_due, active] and not rest.has_more
+    assert rest.data[0].canceled_at == NOW == rest.data[0].ended_at
+    assert rest.data[2]["items"].data[1].price.lookup_key == "meter_pro_sms_sent"
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        await client.v1.subscriptions.list_async(params={"status": "gone"})
+    assert refused.value.param == "status"
+
+
+def test_subscription_started_mid_month_has_a_prorated_first_period(
+    double: StripeDouble, client: stripe.StripeClient
+) -> None:
+    base, sms = base_and_sms(client, double)
+    start = JAN_1 + 9 * DAY + 3600  # 10 January, 01:00
+    sub_id = double.add_subscription("cus_a", [base, sms], start=start, status="trialing")
+    sub = client.v1.subscriptions.retrieve(sub_id)
+    assert (sub.created, sub.start_date, sub.billing_cycle_anchor, sub.status) == (
+        start,
+        start,
+        FEB_1,
+        "trialing",
+    )
+    items = sub["items"].data
+    assert {(i.current_period_start, i.current_period_end) for i in items} == {(start, FEB_1)}
+    assert [i.quantity for i in items] == [1, None]  # metered items have no quantity
+
+    updated = double.update_subscription(
+        sub_id, status="past_due", cancel_at_period_end=True, metadata={"company_id": "c-1"}
+    )
+    assert updated["status"] == "past_due" and updated["items"]["data"][0]["price"]["id"] == base
+    again = client.v1.subscriptions.retrieve(sub_id)
+    assert (again.status, again.cancel_at_period_end, again.metadata.to_dict()) == (
+        "past_due",
+        True,
+        {"company_id": "c-1"},
+    )
+
+    double.set_subscription_prices(sub_id, [sms])
+    swapped = client.v1.subscriptions.retrieve(sub_id)["items"]
+    assert [i.price.id for i in swapped.data] == [sms] and swapped.total_count == 1
+    assert swapped.data[0].current_period_start == start  # the period is kept
+    assert swapped.data[0].subscription == sub_id
+
+    with pytest.raises(ValueError, match="either period or start"):
+        double.add_subscription("cus_a", [base], start=start, period=(JAN_1, FEB_1))
+    month = double.add_subscription("cus_a", [base], period=(FEB_1, MAR_1))
+    assert client.v1.subscriptions.retrieve(month).billing_cycle_anchor == FEB_1
+
+
+# --- invoices for webhooks ----------------------------------------------------------------------
+
+
+async def test_invoice_for_month_bills_the_months_meter_events_and_next_months_base(
+    double: StripeDouble, client: stripe.StripeClient
+) -> None:
+    base, sms = base_and_sms(client, double)
+    sub_id = double.add_subscription("cus_a", [base, sms], metadata={"company_id": "c-1"})
+    for params in (
+        event("cus_a", "1000", identifier="s1", timestamp=JAN_1),
+        event("cus_a", "7", identifier="s2"),
+        event("cus_a", "500", identifier="s3", timestamp=JAN_1 - 1),  # December
+        event("cus_b", "900", identifier="s4"),  # another customer
+    ):
+        await client.v1.billing.meter_events.create_async(params=params)
+
+    invoice_id = double.invoice_for_month(sub_id, JAN_1)
+    invoice = await client.v1.invoices.retrieve_async(
+        invoice_id, params={"expand": ["lines.data.pricing.price_details.price"]}
+    )
+    lines = [
+        (
+            line.pricing.price_details.price.lookup_key,
+            line.quantity,
+            line.amount,
+            line.period.start,
+            line.period.end,
+        )
+        for line in invoice.lines.data
+    ]
+    assert lines == [
+        ("tier_pro", 1, 4900, FEB_1, MAR_1),  # the base fee of the coming month
+        ("meter_pro_sms_sent", 1007, 35, JAN_1, FEB_1),  # 7 beyond the 1000 included
+    ]
+    assert invoice.lines.has_more is False
+    assert all(line.id.startswith("il_") and line.invoice == invoice_id for line in invoice.lines)
+    assert (invoice.amount_due, invoice.amount_remaining, invoice.subtotal, invoice.total) == (
+        4935,
+        4935,
+        4935,
+        4935,
+    )
+    assert (invoice.status, invoice.billing_reason, invoice.currency) == (
+        "open",
+        "subscription_cycle",
+        "usd",
+    )
+    assert (invoice.period_start, invoice.period_end, invoice.created) == (JAN_1, FEB_1, FEB_1)
+    assert invoice.status_transitions.finalized_at == FEB_1
+    assert invoice.number == "MLD-0001"
+    assert invoice_id in invoice.hosted_invoice_url and invoice_id in invoice.invoice_pdf
+    assert invoice.hosted_invoice_url.startswith("https://")
+    details = invoice.parent.subscription_details
+    assert (details.subscription, details.metadata.to_dict()) == (sub_id, {"company_id": "c-1"})
+    assert (await client.v1.subscriptions.retrieve_async(sub_id)).latest_invoice == invoice_id
+
+    # the same amounts as the preview of that period
+    preview = await client.v1.invoices.create_preview_async(params={"subscription": sub_id})
+    assert [line.amount for line in preview.lines.data] == [4900, 35]
+
+    unexpanded = await client.v1.invoices.retrieve_async(invoice_id)
+    assert unexpanded.lines.data[0].pricing.price_details.price == base
+
+    paid = double.invoice_for_month(sub_id, FEB_1, status="paid")
+    draft = double.invoice_for_month(sub_id, MAR_1, status="draft", metadata={"k": "v"})
+    listed = await client.v1.invoices.list_async(
+        params={
+            "subscription": sub_id,
+            "limit": 100,
+            "expand": ["data.lines.data.pricing.price_details.price"],
+        }
+    )
+    assert [i.id for i in listed.data] == [draft, paid, invoice_id]
+    assert listed.data[1].lines.data[0].pricing.price_details.price.id == base
+    assert (listed.data[1].number, listed.data[1].status, listed.data[1].amount_paid) == (
+        "MLD-0002",
+        "paid",
+        4900,  # no usage in February
+    )
+    assert listed.data[1].status_transitions.paid_at == MAR_1 + 3600
+    assert (listed.data[0].number, listed.data[0].hosted_invoice_url) == (None, None)
+    assert listed.data[0].status_transitions.finalized_at is None
+    assert listed.data[0].metadata.to_dict() == {"k": "v"}
+    by_created = await client.v1.invoices.list_async(params={"created": {"gte": MAR_1}})
+    assert [i.id for i in by_created.data] == [draft, paid]
+
+
+async def test_invoice_lines_page_beyond_the_embedded_ones(
+    double: StripeDouble, client: stripe.StripeClient
+) -> None:
+    base, sms = base_and_sms(client, double)
+    product = (await client.v1.products.create_async(params={"name": "AI"})).id
+    ai = await client.v1.prices.create_async(
+        params=graduated(product, double.add_meter("ai_query"), 10, "0.5")
+    )
+    sub_id = double.add_subscription("cus_a", [base, sms, ai.id])
+    await client.v1.billing.meter_events.create_async(
+        params={**event("cus_a", "17", identifier="a1"), "event_name": "ai_query"}
+    )
+    double.embedded_invoice_lines = 2
+    invoice_id = double.invoice_for_month(sub_id, JAN_1)
+
+    invoice = await client.v1.invoices.retrieve_async(invoice_id)
+    assert len(invoice.lines.data) == 2 and invoice.lines.has_more
+    assert invoice.total == 4900 + 0 + 4
+    page = await client.v1.invoices.line_items.list_async(
+        invoice_id, params={"limit": 2, "expand": ["data.pricing.price_details.price"]}
+    )
+    assert [line.pricing.price_details.price.id for line in page.data] == [base, sms]
+    assert page.has_more and page.url == f"/v1/invoices/{invoice_id}/lines"
+    rest = await client.v1.invoices.line_items.list_async(
+        invoice_id, params={"limit": 100, "starting_after": page.data[-1].id}
+    )
+    assert [(line.pricing.price_details.price, line.quantity) for line in rest.data] == [
+        (ai.id, 17)
+    ]
+    everything = [line.id async for line in page.auto_paging_iter()]
+    assert everything == [line.id for line in [*page.data, *rest.data]]
+    with pytest.raises(stripe.InvalidRequestError) as missing:
+        await client.v1.invoices.line_items.list_async("in_missing")
+    assert missing.value.http_status == 404
+
+
+def test_invoice_payment_helpers(double: StripeDouble, client: stripe.StripeClient) -> None:
+    base, _ = base_and_sms(client, double)
+    sub_id = double.add_subscription("cus_a", [base])
+    failing, voided, written_off = (double.invoice_for_month(sub_id, JAN_1) for _ in range(3))
+
+    double.fail_invoice_payment(failing)
+    failed = client.v1.invoices.retrieve(failing)
+    assert (failed.status, failed.attempted, failed.attempt_count) == ("open", True, 1)
+    assert failed.next_payment_attempt == NOW + 3 * DAY
+    double.fail_invoice_payment(failing)
+    paid = double.pay_invoice(failing)
+    assert paid["attempt_count"] == 3
+    got = client.v1.invoices.retrieve(failing)
+    assert (got.status, got.amount_paid, got.amount_remaining, got.amount_due) == (
+        "paid",
+        4900,
+        0,
+        4900,
+    )
+    assert got.status_transitions.paid_at == NOW and got.next_payment_attempt is None
+
+    double.void_invoice(voided)
+    got = client.v1.invoices.retrieve(voided)
+    assert (got.status, got.status_transitions.voided_at) == ("void", NOW)
+
+    double.mark_uncollectible(written_off)
+    got = client.v1.invoices.retrieve(written_off)
+    assert (got.status, got.status_transitions.marked_uncollectible_at) == ("uncollectible", NOW)
+    assert double.pay_invoice(written_off)["status"] == "paid"  # paid late, as Stripe allows
+
+    for refused in (double.void_invoice, double.fail_invoice_payment, double.mark_uncollectible):
+        with pytest.raises(ValueError, match="it is paid"):
+            refused(failing)
+    draft = double.invoice_for_month(sub_id, FEB_1, status="draft")
+    with pytest.raises(ValueError, match="it is draft"):
+        double.void_invoice(draft)
+    finalized = double.finalize_invoice(draft)
+    assert (finalized["status"], finalized["status_transitions"]["finalized_at"]) == ("open", NOW)
+    assert finalized["number"] == "MLD-0004"
+    updated = double.update_invoice(draft, status="draft", amount_due=1)
+    assert (updated["status"], client.v1.invoices.retrieve(draft).amount_due) == ("draft", 1)
+
+
+# --- events and signatures ----------------------------------------------------------------------
+
+SECRET = "whsec_test_secret"
+
+
+async def test_thin_meter_error_event_round_trip(
+    double: StripeDouble, client: stripe.StripeClient
+) -> None:
+    meter = double.add_meter("sms_sent")
+    data = double.meter_error_data(
+        [
+            ("meter_event_customer_not_found", "No customer cus_x.", "mlb_1"),
+            ("meter_event_customer_not_found", "No customer cus_y.", "mlb_2"),
+            ("timestamp_too_far_in_past", "Too old.", "mlb_3"),
+        ]
+    )
+    event_id = double.add_thin_event(
+        "v1.billing.meter.error_report_triggered",
+        related_object={"id": meter, "type": "billing.meter", "url": f"/v1/billing/meters/{meter}"},
+        data=data,
+    )
+    notification_body = double.thin_notification(event_id)
+    assert "data" not in notification_body
+    assert notification_body["created"] == "2027-01-15T08:00:00.000Z"
+    payload = json.dumps(notification_body)
+    header = sign_payload(payload.encode(), SECRET)
+    assert stripe.WebhookSignature.verify_header(payload, header, SECRET, 300)
+
+    notification = client.parse_event_notification(payload, header, SECRET)
+    assert isinstance(notification, V1BillingMeterErrorReportTriggeredEventNotification)
+    assert (notification.id, notification.related_object.id) == (event_id, meter)
+    unverified = client.parse_event_notification_without_verification(payload)
+    assert isinstance(unverified, V1BillingMeterErrorReportTriggeredEventNotification)
+
+    fetched = await notification.fetch_event_async()
+    assert isinstance(fetched, V1BillingMeterErrorReportTriggeredEvent)
+    reason = fetched.data.reason
+    assert reason.error_count == 3
+    assert [(t.code, t.error_count) for t in reason.error_types] == [
+        ("meter_event_customer_not_found", 2),
+        ("timestamp_too_far_in_past", 1),
+    ]
+    assert reason.error_types[0].sample_errors[0].request.identifier == "mlb_1"
+    assert reason.error_types[0].sample_errors[1].error_message == "No customer cus_y."
+    assert fetched.data.developer_message_summary == "There are 3 invalid events"
+    assert fetched.data.validation_end == "2027-01-15T08:00:00.000Z"
+    again = await client.v2.core.events.retrieve_async(event_id)  # no leaked `usage` query
+    assert isinstance(again, V1BillingMeterErrorReportTriggeredEvent)
+    assert again.data.reason.error_count == 3
+    assert notification.fetch_related_object().event_name == "sms_sent"
+    # stripe 16.1's async raw request sends its `usage` telemetry as a query parameter, which a
+    # v1 GET refuses like any unknown parameter
+    with pytest.raises(stripe.InvalidRequestError, match="unknown parameter: usage"):
+        await notification.fetch_related_object_async()
+    assert ("GET", f"/v2/core/events/{event_id}") in double.requests
+
+    no_meter = double.add_thin_event(
+        "v1.billing.meter.no_meter_found",
+        related_object=None,
+        data=double.meter_error_data([("no_meter", "No meter for ai_query.", "mlb_9")]),
+    )
+    parsed = client.parse_event_notification_without_verification(
+        json.dumps(double.thin_notification(no_meter))
+    )
+    assert isinstance(parsed, V1BillingMeterNoMeterFoundEventNotification)
+    found = await parsed.fetch_event_async()
+    assert found.data.reason.error_types[0].sample_errors[0].request.identifier == "mlb_9"
+    assert found.data.developer_message_summary == "There is 1 invalid event"
+
+    with pytest.raises(stripe.InvalidRequestError) as missing:
+        await client.v2.core.events.retrieve_async("evt_test_missing")
+    assert (missing.value.http_status, missing.value.code) == (404, "not_found")
+    with pytest.raises(stripe.InvalidRequestError) as no_destination:
+        await client.v2.core.event_destinations.retrieve_async("ed_missing")
+    assert (no_destination.value.http_status, no_destination.value.code) == (404, "not_found")
+
+
+def test_snapshot_event_is_signed_and_served(
+    double: StripeDouble, client: stripe.StripeClient
+) -> None:
+    base, sms = base_and_sms(client, double)
+    sub_id = double.add_subscription("cus_a", [base, sms])
+    invoice_id = double.invoice_for_month(sub_id, JAN_1)
+    double.pay_invoice(invoice_id)
+
+    body = double.snapshot_event("invoice.paid", invoice_id, previous_attributes={"status": "open"})
+    payload = json.dumps(body)
+    header = sign_payload(payload, SECRET, schemes=("v1",))
+    event = stripe.Webhook.construct_event(payload, header, SECRET)
+    assert event.id.startswith("evt_") and event.type == "invoice.paid"
+    assert (event.object, event.api_version, event.livemode) == (
+        "event",
+        stripe.api_version,
+        False,
+    )
+    assert (event.created, event.pending_webhooks) == (NOW, 1)
+    assert event.request.to_dict() == {"id": None, "idempotency_key": None}
+    assert event.data.object.to_dict(for_json=True) == double.get_object(invoice_id)
+    assert event.data.object.status == "paid"
+    assert event.data.previous_attributes.to_dict() == {"status": "open"}
+
+    served = client.v1.events.retrieve(event.id)
+    assert served.to_dict(for_json=True) == body
+
+    double.update_subscription(sub_id, status="past_due")
+    sub_event = double.snapshot_event("customer.subscription.updated", sub_id, created=NOW - 5)
+    assert sub_event["created"] == NOW - 5 and "previous_attributes" not in sub_event["data"]
+    obj = sub_event["data"]["object"]
+    assert obj["status"] == "past_due"
+    assert obj["items"]["data"][0]["price"]["lookup_key"] == "tier_pro"  # as rendered
+    with pytest.raises(stripe.InvalidRequestError) as missing:
+        client.v1.events.retrieve("evt_missing")
+    assert missing.value.http_status == 404
+
+
+def test_signatures_verify_like_stripes() -> None:
+    payload = b'{"id": "evt_1", "object": "event"}'
+    header = sign_payload(payload, SECRET, timestamp=1_700_000_000)
+    assert header.startswith("t=1700000000,v1=") and header.count(",") == 1
+    assert stripe.WebhookSignature.verify_header(payload, header, SECRET)  # no tolerance
+    fresh = sign_payload(payload, SECRET)
+    assert stripe.WebhookSignature.verify_header(payload, fresh, SECRET, 300)
+    assert stripe.WebhookSignature.verify_header(
+        payload, sign_payload(payload, SECRET, schemes=("v0", "v1")), SECRET, 300
+    )
+
+    for bad, message in (
+        (sign_payload(payload, SECRET, schemes=("v0",)), "expected scheme v1"),
+        (sign_payload(payload, "whsec_other"), "matching the expected signature"),
+        (sign_payload(payload, SECRET, timestamp=int(time.time()) - 301), "tolerance"),
+        (sign_payload(payload + b" ", SECRET, timestamp=int(time.time())), "matching"),
+    ):
+        with pytest.raises(stripe.SignatureVerificationError, match=message):
+            stripe.WebhookSignature.verify_header(payload, bad, SECRET, 300)
