@@ -13,6 +13,7 @@ from typing import Any
 
 from litestar import Litestar, Request, Response, get
 from litestar.connection import ASGIConnection
+from litestar.datastructures import State
 from litestar.enums import ScopeType
 from litestar.exceptions import (
     HTTPException,
@@ -39,6 +40,8 @@ from meterline.jobs.cron import sync_route
 from meterline.log import request_id_var
 from meterline.schema import build_schema
 from meterline.schema.context import Context
+from meterline.stripe_gateway.client import SharedClient
+from meterline.webhooks.routes import webhook_routes
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +95,7 @@ def create_app(
     """`manage_database=False` leaves the pool to the caller (tests open it on their loop)."""
     verifier = TokenVerifier(settings)
     schema = build_schema(introspection=settings.is_development)
+    stripe_client = SharedClient(settings)  # for the webhook handlers' re-reads
 
     async def graphql_context(request: Request[Any, Any, Any]) -> Context:
         request_id = request.scope.get("state", {}).get("request_id") or uuid.uuid4().hex
@@ -177,6 +181,13 @@ def create_app(
     )
 
     @asynccontextmanager
+    async def stripe_connections(_: Litestar) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await stripe_client.close()
+
+    @asynccontextmanager
     async def database(_: Litestar) -> AsyncIterator[None]:
         if not manage_database:
             yield
@@ -211,9 +222,11 @@ def create_app(
             readyz,
             MetricsController,
             sync_route(settings, clock),
+            *webhook_routes(settings, stripe_client, clock),
         ],
         middleware=[request_id_middleware, prometheus.middleware],
-        lifespan=[database],
+        lifespan=[database, stripe_connections],
+        state=State({"stripe_client": stripe_client}),
         exception_handlers={Exception: log_unhandled},
         request_max_body_size=MAX_BODY_BYTES,
         logging_config=None,  # JSON logging is configured by the process (log.py)

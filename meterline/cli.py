@@ -164,8 +164,9 @@ def cmd_token(args: argparse.Namespace) -> None:
 
 
 def cmd_company(args: argparse.Namespace) -> None:
-    from meterline.db import companies
+    from meterline.db import companies, flags
     from meterline.db.companies import Company
+    from meterline.services.invoices import clear_dunning
 
     settings = _settings()
 
@@ -192,12 +193,18 @@ def cmd_company(args: argparse.Namespace) -> None:
             except companies.CustomerTaken as exc:
                 raise SystemExit(f"meterline: {exc}") from exc
         elif args.action == "clear-dunning":
-            company = await companies.clear_dunning(company_id)
+            company = await clear_dunning(company_id, now=datetime.now(UTC))
         else:  # pragma: no cover - argparse restricts choices
             raise SystemExit(f"unknown action {args.action}")
         if company is None:
             raise SystemExit(f"meterline: no company {company_id}")
         print(_describe(company))
+        if args.action == "show":
+            for flag in await flags.open_flags(company_id):
+                print(
+                    f"  FLAG {flag.kind} ({flag.object_id}, {flag.last_seen_at:%Y-%m-%d}): "
+                    f"{flag.message}"
+                )
 
     asyncio.run(_with_database(settings, work))
 
@@ -207,7 +214,8 @@ def _describe(company: Any) -> str:
     return (
         f"{company.id}  tier={company.tier.value}  status={status}  "
         f"customer={company.stripe_customer_id or '-'}  "
-        f"subscription={company.stripe_subscription_id or '-'}  "
+        f"subscription={company.stripe_subscription_id or '-'}"
+        f"({company.subscription_status or '-'})  "
         f"grace_ends_at={company.dunning.grace_ends_at or '-'}"
     )
 
@@ -230,7 +238,7 @@ def cmd_sync_usage(args: argparse.Namespace) -> None:
     import json
 
     from meterline.billing.periods import month_of
-    from meterline.db import batches
+    from meterline.db import batches, meter_errors
     from meterline.jobs.sync import SyncJob
     from meterline.jobs.telemetry import publish
     from meterline.log import configure_logging
@@ -276,6 +284,20 @@ def cmd_sync_usage(args: argparse.Namespace) -> None:
                     f"{batch.event_name} {batch.month:%Y-%m} value={batch.value} "
                     f"attempts={batch.attempts}: {batch.last_error or ''}"
                 )
+            for error_report in await meter_errors.recent(10):
+                print(
+                    f"Stripe meter error report {error_report.id} ({error_report.type}, "
+                    f"{error_report.created_at:%Y-%m-%dT%H:%M:%SZ}): "
+                    f"{error_report.error_count} errors"
+                    + (f", {error_report.summary}" if error_report.summary else "")
+                )
+                for sample in error_report.samples:
+                    ours = (
+                        f"batch mlb_{uuid.UUID(sample['batch_id']).hex}, now failed"
+                        if sample["batch_id"]
+                        else "no batch of ours"
+                    )
+                    print(f"  {sample['code']}: {sample['message']} ({ours})")
             return
         try:
             client = make_client(settings)
@@ -290,6 +312,86 @@ def cmd_sync_usage(args: argparse.Namespace) -> None:
             report, now=datetime.now(UTC), late_grace_hours=settings.late_usage_grace_hours
         )
         print(json.dumps(report.as_dict()))
+
+    asyncio.run(_with_database(settings, work))
+
+
+def cmd_webhooks(args: argparse.Namespace) -> None:
+    from meterline.db import webhook_events
+    from meterline.log import configure_logging
+    from meterline.services.webhooks import EventNotStored, WebhookProcessor
+    from meterline.stripe_gateway.client import SharedClient, StripeNotConfigured
+    from meterline.stripe_gateway.mirror import StripeReader
+
+    configure_logging()
+    settings = _settings()
+
+    async def work() -> None:
+        if args.action == "list":
+            status = "failed" if args.failed else None
+            for event in await webhook_events.recent(args.limit, status):
+                print(
+                    f"{event.id}  {event.type:40} {event.status:8} "
+                    f"received={event.received_at:%Y-%m-%dT%H:%M:%SZ} attempts={event.attempts}"
+                    + (f"  {event.last_error}" if event.last_error else "")
+                )
+            return
+        if bool(args.event) == bool(args.failed):
+            raise SystemExit("meterline: give an event id or --failed")
+        stripe_client = SharedClient(settings)
+        reader = None
+
+        def get_reader() -> StripeReader:
+            nonlocal reader
+            reader = reader or StripeReader(stripe_client.get())
+            return reader
+
+        processor = WebhookProcessor(reader=get_reader, clock=lambda: datetime.now(UTC))
+        ids = [args.event] if args.event else await webhook_events.ids_with_status("failed", 1000)
+        failures = 0
+        try:
+            for event_id in ids:
+                try:
+                    print(f"{event_id}: {await processor.replay(event_id)}")
+                except EventNotStored as exc:
+                    raise SystemExit(f"meterline: {exc}") from exc
+                except StripeNotConfigured as exc:
+                    raise SystemExit(f"meterline: {exc}") from exc
+                except Exception as exc:  # stored on the event; go on with the others
+                    failures += 1
+                    print(f"{event_id}: failed again: {type(exc).__name__}: {exc}")
+        finally:
+            await stripe_client.close()
+        if failures:
+            raise SystemExit(f"meterline: {failures} of {len(ids)} events failed again")
+
+    asyncio.run(_with_database(settings, work))
+
+
+def cmd_stripe(args: argparse.Namespace) -> None:
+    from meterline.log import configure_logging
+    from meterline.services.backfill import backfill
+    from meterline.stripe_gateway.client import SharedClient, StripeNotConfigured
+    from meterline.stripe_gateway.mirror import StripeReader, StripeReadFailed
+
+    configure_logging()
+    settings = _settings()
+
+    async def work() -> None:
+        stripe_client = SharedClient(settings)
+        try:
+            reader = StripeReader(stripe_client.get())
+            report = await backfill(
+                reader, clock=lambda: datetime.now(UTC), progress=lambda line: print(line)
+            )
+        except (StripeNotConfigured, StripeReadFailed) as exc:
+            raise SystemExit(f"meterline: {exc}") from exc
+        finally:
+            await stripe_client.close()
+        print(
+            f"subscriptions: {report.subscriptions} read, {report.subscriptions_refused} not "
+            f"applied; invoices: {report.invoices} read, {report.invoices_refused} not applied"
+        )
 
     asyncio.run(_with_database(settings, work))
 
@@ -419,6 +521,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="Meterline's public base URL: also set up URL/webhooks/stripe and .../thin",
     )
     setup.set_defaults(func=cmd_setup_stripe)
+
+    webhooks = commands.add_parser("webhooks", help="stored Stripe events: list, replay")
+    webhook_actions = webhooks.add_subparsers(dest="action", required=True)
+    listed = webhook_actions.add_parser("list", help="the latest stored events")
+    listed.add_argument("--failed", action="store_true", help="only those that failed")
+    listed.add_argument("--limit", type=int, default=50)
+    replay = webhook_actions.add_parser("replay", help="re-read and apply stored events again")
+    replay.add_argument("event", nargs="?", help="a Stripe event id (evt_...)")
+    replay.add_argument("--failed", action="store_true", help="every event that failed")
+    webhooks.set_defaults(func=cmd_webhooks)
+
+    stripe_command = commands.add_parser("stripe", help="read Stripe's state into Meterline")
+    stripe_actions = stripe_command.add_subparsers(dest="action", required=True)
+    stripe_actions.add_parser(
+        "backfill", help="mirror every subscription and invoice from Stripe's lists"
+    )
+    stripe_command.set_defaults(func=cmd_stripe)
 
     commands.add_parser("demo", help="seed the demo company").set_defaults(func=cmd_demo)
     commands.add_parser("schema", help="print the GraphQL SDL").set_defaults(func=cmd_schema)

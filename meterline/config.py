@@ -34,6 +34,10 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -
     return value
 
 
+def _secrets(value: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (value or "").split(",") if part.strip())
+
+
 @dataclass(frozen=True)
 class Settings:
     env: Environment = "production"
@@ -67,6 +71,15 @@ class Settings:
     @property
     def is_development(self) -> bool:
         return self.env == "development"
+
+    @property
+    def webhook_secrets(self) -> tuple[str, ...]:
+        """STRIPE_WEBHOOK_SECRET: several, comma-separated, while a secret is being rolled."""
+        return _secrets(self.stripe_webhook_secret)
+
+    @property
+    def thin_webhook_secrets(self) -> tuple[str, ...]:
+        return _secrets(self.stripe_thin_webhook_secret)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -90,11 +90,16 @@ async def test_first_request_creates_the_company_on_free(api: Api) -> None:
     assert company is not None and company.tier is Tier.FREE
 
 
-async def test_company_with_stripe_customer_records_pending(api: Api) -> None:
+async def test_paid_company_with_stripe_customer_records_pending(api: Api) -> None:
     await companies.get_or_create(api.company_id)
     await companies.set_stripe_ids(
         api.company_id, customer_id=f"cus_{api.company_id.hex[:10]}", subscription_id=None
     )
+    result = await recorded(api, eventType="EMAIL_SENT")
+    # A free company's usage stays here even with a customer (e.g. after a cancellation): its
+    # customer has no metered prices, and a later subscription sends that month at its start.
+    assert result["event"]["syncState"] == "LOCAL_ONLY"
+    await companies.set_tier(api.company_id, Tier.STARTER)
     result = await recorded(api)
     assert result["event"]["syncState"] == "PENDING"
 

@@ -15,7 +15,7 @@ from datetime import date, datetime, timedelta
 import asyncpg
 
 from meterline.billing.catalog import EventType
-from meterline.billing.periods import floor_to_second
+from meterline.billing.periods import floor_to_second, month_of
 from meterline.db import sql
 from meterline.db.engine import DB
 
@@ -96,6 +96,18 @@ async def pending_groups(limit: int, company_ids: list[uuid.UUID] | None = None)
     return [Group(r["company_id"], EventType(r["event_type"]), r["month"]) for r in rows]
 
 
+def batch_timestamp(
+    month: date, occurred: list[datetime], stamped_from: datetime | None
+) -> datetime:
+    """The latest member's time, floored to seconds; in the month a paid subscription started
+    (free -> paid), never before that start: Stripe bills a metered price only for usage stamped
+    after it started, and the month's earlier events must count (DESIGN, plan changes)."""
+    latest = floor_to_second(max(occurred))
+    if stamped_from is not None and month_of(stamped_from) == month:
+        return max(latest, floor_to_second(stamped_from))
+    return latest
+
+
 async def claim(
     group: Group, *, event_name: str, now: datetime, lease: timedelta, max_events: int
 ) -> Batch | None:
@@ -123,7 +135,8 @@ async def _claim(
         if locked is None or not locked["ok"]:
             return None
         company = await sql.fetchrow(
-            "SELECT c.stripe_customer_id, EXISTS (SELECT 1 FROM usage_batches b "
+            "SELECT c.stripe_customer_id, c.usage_stamped_from, "
+            "EXISTS (SELECT 1 FROM usage_batches b "
             "WHERE b.company_id = c.id AND b.event_type = $2 AND b.state = 'sending') AS in_flight "
             "FROM companies c WHERE c.id = $1",
             group.company_id,
@@ -143,7 +156,15 @@ async def _claim(
         if not events:
             return None
         row = await _insert_batch(
-            group, company["stripe_customer_id"], event_name, events, now=now, lease=lease
+            group,
+            company["stripe_customer_id"],
+            event_name,
+            events,
+            timestamp=batch_timestamp(
+                group.month, [e["occurred_at"] for e in events], company["usage_stamped_from"]
+            ),
+            now=now,
+            lease=lease,
         )
         assert row is not None
         claimed = _batch(row)
@@ -156,6 +177,7 @@ async def _insert_batch(
     event_name: str,
     events: list[asyncpg.Record],
     *,
+    timestamp: datetime,
     now: datetime,
     lease: timedelta,
 ) -> asyncpg.Record | None:
@@ -181,7 +203,7 @@ async def _insert_batch(
         event_name,
         group.month,
         sum(e["quantity"] for e in events),
-        floor_to_second(max(e["occurred_at"] for e in events)),
+        timestamp,
         now + lease,
         now,
         [e["id"] for e in events],
@@ -267,6 +289,37 @@ async def schedule_retry(batch: Batch, *, retry_at: datetime, error: str) -> boo
         error[:1000],
     )
     return row is not None
+
+
+async def mark_rejected_later(batch_id: uuid.UUID, *, error: str) -> bool:
+    """Stripe accepted the call but its asynchronous validation dropped the event (a meter error
+    report names the batch's identifier): nothing of it is billed, so a `sent` (or `unknown`)
+    batch is `failed`, and an operator may re-drive it once the cause is fixed."""
+    row = await sql.fetchrow(
+        """
+        WITH failed AS (
+            UPDATE usage_batches SET state = 'failed', last_error = $2
+            WHERE id = $1 AND state IN ('sent', 'unknown') RETURNING id
+        ), moved AS (
+            UPDATE usage_events SET sync_state = 'failed' WHERE batch_id IN (SELECT id FROM failed)
+        )
+        SELECT count(*) AS n FROM failed
+        """,
+        batch_id,
+        error[:1000],
+    )
+    return row is not None and row["n"] == 1
+
+
+def batch_id_of(identifier: str) -> uuid.UUID | None:
+    """The batch a meter event identifier names (`mlb_<hex>`), or None if it is not ours."""
+    prefix = "mlb_"
+    if not identifier.startswith(prefix):
+        return None
+    try:
+        return uuid.UUID(hex=identifier[len(prefix) :])
+    except ValueError:
+        return None
 
 
 async def resolve_unknown(batch_id: uuid.UUID, *, delivered: bool, now: datetime) -> int:

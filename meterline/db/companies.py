@@ -14,7 +14,7 @@ from meterline.db import sql
 
 _COLUMNS = (
     "id, tier, stripe_customer_id, stripe_subscription_id, past_due_since, grace_ends_at, "
-    "restricted, created_at"
+    "restricted, dunning_cleared_at, subscription_status, usage_stamped_from, created_at"
 )
 
 
@@ -26,6 +26,14 @@ class Company:
     stripe_subscription_id: str | None
     dunning: Dunning
     created_at: datetime
+    subscription_status: str | None = None  # Stripe's status of the current subscription
+    usage_stamped_from: datetime | None = None
+    dunning_cleared_at: datetime | None = None
+
+    @property
+    def bills_usage(self) -> bool:
+        """Its usage goes to Stripe: a customer and a paid tier (one with Stripe prices)."""
+        return self.stripe_customer_id is not None and self.tier is not Tier.FREE
 
 
 def _company(row: asyncpg.Record) -> Company:
@@ -36,6 +44,9 @@ def _company(row: asyncpg.Record) -> Company:
         stripe_subscription_id=row["stripe_subscription_id"],
         dunning=Dunning(row["past_due_since"], row["grace_ends_at"], row["restricted"]),
         created_at=row["created_at"],
+        subscription_status=row["subscription_status"],
+        usage_stamped_from=row["usage_stamped_from"],
+        dunning_cleared_at=row["dunning_cleared_at"],
     )
 
 
@@ -106,5 +117,58 @@ async def set_dunning(company_id: uuid.UUID, dunning: Dunning) -> Company | None
     return _company(row) if row else None
 
 
-async def clear_dunning(company_id: uuid.UUID) -> Company | None:
-    return await set_dunning(company_id, Dunning(None, None, False))
+async def clear_dunning(company_id: uuid.UUID, *, now: datetime) -> Company | None:
+    """An operator's decision: OK now; failures and uncollectible invoices before `now` no
+    longer count (the caller forgets the invoices' failures in the same transaction)."""
+    row = await sql.fetchrow(
+        f"UPDATE companies SET past_due_since = NULL, grace_ends_at = NULL, restricted = false, "
+        f"dunning_cleared_at = $2 WHERE id = $1 RETURNING {_COLUMNS}",
+        company_id,
+        now,
+    )
+    return _company(row) if row else None
+
+
+async def lock(company_id: uuid.UUID) -> Company | None:
+    """The company row, locked until the end of the caller's transaction: webhook handlers of
+    one company apply one after the other."""
+    row = await sql.fetchrow(
+        f"SELECT {_COLUMNS} FROM companies WHERE id = $1 FOR UPDATE", company_id
+    )
+    return _company(row) if row else None
+
+
+async def by_customer(customer_id: str) -> Company | None:
+    row = await sql.fetchrow(
+        f"SELECT {_COLUMNS} FROM companies WHERE stripe_customer_id = $1", customer_id
+    )
+    return _company(row) if row else None
+
+
+async def set_subscription(
+    company_id: uuid.UUID,
+    *,
+    customer_id: str,
+    subscription_id: str,
+    status: str,
+    tier: Tier,
+    usage_stamped_from: datetime | None,
+) -> Company:
+    """The current subscription as Stripe reports it (usage_stamped_from None keeps it)."""
+    try:
+        row = await sql.fetchrow(
+            f"UPDATE companies SET stripe_customer_id = $2, stripe_subscription_id = $3, "
+            f"subscription_status = $4, tier = $5, "
+            f"usage_stamped_from = COALESCE($6, usage_stamped_from) "
+            f"WHERE id = $1 RETURNING {_COLUMNS}",
+            company_id,
+            customer_id,
+            subscription_id,
+            status,
+            tier.value,
+            usage_stamped_from,
+        )
+    except asyncpg.UniqueViolationError as exc:
+        raise CustomerTaken(f"customer {customer_id} is linked to another company") from exc
+    assert row is not None
+    return _company(row)

@@ -63,6 +63,13 @@ class CompanyRow(Table, tablename="companies", db=DB):
     past_due_since = Timestamptz(null=True, default=None)
     grace_ends_at = Timestamptz(null=True, default=None)
     restricted = Boolean(default=False)  # forced (e.g. invoice marked uncollectible)
+    # Failures and uncollectible invoices before this instant no longer count (clear-dunning).
+    dunning_cleared_at = Timestamptz(null=True, default=None)
+    # The current subscription's Stripe status (active, past_due, paused, canceled, ...).
+    subscription_status = Varchar(length=32, null=True, default=None)
+    # Free -> paid: that month's earlier events are sent stamped at this instant, the start of
+    # the paid subscription, so Stripe bills them on its metered prices (DESIGN, plan changes).
+    usage_stamped_from = Timestamptz(null=True, default=None)
     created_at = Timestamptz(default=TimestamptzNow())
 
 
@@ -151,6 +158,102 @@ class UsageBatchRow(Table, tablename="usage_batches", db=DB):
     usage_batches_value_positive = Check("value > 0")
 
 
+class SubscriptionRow(Table, tablename="subscriptions", db=DB):
+    """The mirror of a Stripe subscription, as last re-read from Stripe."""
+
+    id = Varchar(length=255, primary_key=True)
+    company_id = ForeignKey(CompanyRow, on_delete=OnDelete.restrict, null=False)
+    customer_id = Varchar(length=255)
+    status = Varchar(length=32)
+    tier = Varchar(length=32, null=True, default=None)  # from the base price; NULL = not ours
+    complete = Boolean(default=False)  # the base price and every metered price of its tier
+    cancel_at_period_end = Boolean(default=False)
+    current_period_start = Timestamptz(null=True, default=None)
+    current_period_end = Timestamptz(null=True, default=None)
+    start_date = Timestamptz()
+    created = Timestamptz()  # Stripe's
+    read_seq = BigInt()  # see db/stripe_reads.py: a later re-read never loses to an earlier one
+    updated_at = Timestamptz(default=TimestamptzNow())
+
+
+class InvoiceRow(Table, tablename="invoices", db=DB):
+    """The mirror of a Stripe invoice. Amounts in the currency's minor units, as Stripe has
+    them."""
+
+    id = Varchar(length=255, primary_key=True)
+    company_id = ForeignKey(CompanyRow, on_delete=OnDelete.restrict, null=False)
+    subscription_id = Varchar(length=255, null=True, default=None)
+    number = Varchar(length=255, null=True, default=None)
+    status = Varchar(length=32)
+    billing_reason = Varchar(length=64, null=True, default=None)
+    currency = Varchar(length=3)
+    amount_due = BigInt()
+    amount_paid = BigInt()
+    amount_remaining = BigInt()
+    period_start = Timestamptz(null=True, default=None)
+    period_end = Timestamptz(null=True, default=None)
+    usage_month = Date(null=True, default=None)  # the month its metered lines bill
+    paid_at = Timestamptz(null=True, default=None)
+    hosted_invoice_url = Varchar(length=2048, null=True, default=None)
+    invoice_pdf = Varchar(length=2048, null=True, default=None)
+    created = Timestamptz()  # Stripe's
+    first_failed_at = Timestamptz(null=True, default=None)  # earliest failed payment seen
+    marked_uncollectible_at = Timestamptz(null=True, default=None)
+    read_seq = BigInt()
+    updated_at = Timestamptz(default=TimestamptzNow())
+
+    invoices_amounts_non_negative = Check("amount_due >= 0 AND amount_paid >= 0")
+
+
+class WebhookEventRow(Table, tablename="webhook_events", db=DB):
+    """Every Stripe event received, once by its id: what came, and what applying it did."""
+
+    id = Varchar(length=255, primary_key=True)  # Stripe's event id
+    source = Varchar(length=16)  # snapshot | thin
+    type = Varchar(length=128)
+    object_id = Varchar(length=255, null=True, default=None)
+    created = Timestamptz()  # Stripe's
+    payload = JSONB()
+    status = Varchar(length=16, default="received")
+    attempts = Integer(default=0)  # times applying was tried
+    applied_count = Integer(default=0)  # times it was applied (replays included)
+    last_error = Varchar(length=2000, null=True, default=None)
+    received_at = Timestamptz(default=TimestamptzNow())
+    applied_at = Timestamptz(null=True, default=None)
+
+    webhook_events_source_known = Check("source IN ('snapshot', 'thin')")
+    webhook_events_status_known = Check("status IN ('received', 'applied', 'ignored', 'failed')")
+
+
+class StripeFlagRow(Table, tablename="stripe_flags", db=DB):
+    """Something Stripe reported that Meterline refused or cannot reconcile alone: for the
+    operator (`meterline company show`, `/metrics`). One open flag per (kind, object)."""
+
+    id = UUID(primary_key=True, default=uuid.uuid4)
+    company_id = UUID(null=True, default=None)  # no foreign key: the company may not exist
+    kind = Varchar(length=64)
+    object_id = Varchar(length=255)
+    message = Varchar(length=2000)
+    created_at = Timestamptz(default=TimestamptzNow())
+    last_seen_at = Timestamptz(default=TimestamptzNow())
+    resolved_at = Timestamptz(null=True, default=None)
+
+
+class MeterErrorReportRow(Table, tablename="meter_error_reports", db=DB):
+    """Stripe's asynchronous meter event validation errors (thin events), with the sample
+    errors matched to our batches by identifier where possible."""
+
+    id = Varchar(length=255, primary_key=True)  # the thin event's id
+    type = Varchar(length=128)
+    meter_id = Varchar(length=255, null=True, default=None)
+    summary = Varchar(length=2000, null=True, default=None)
+    error_count = Integer(default=0)
+    validation_start = Timestamptz(null=True, default=None)
+    validation_end = Timestamptz(null=True, default=None)
+    samples = JSONB()  # [{code, message, identifier, batch_id}]
+    created_at = Timestamptz(default=TimestamptzNow())
+
+
 ALL_TABLES: list[type[Table]] = [
     EventTypeRow,
     TierRow,
@@ -160,4 +263,9 @@ ALL_TABLES: list[type[Table]] = [
     IdempotencyKeyRow,
     UsageRollupRow,
     UsageBatchRow,
+    SubscriptionRow,
+    InvoiceRow,
+    WebhookEventRow,
+    StripeFlagRow,
+    MeterErrorReportRow,
 ]

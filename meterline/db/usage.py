@@ -247,3 +247,34 @@ async def list_events(
         *args,
     )
     return [_event(r) for r in rows]
+
+
+async def release_local_events(company_id: uuid.UUID, from_month: date) -> int:
+    """Free -> paid: the company's `local_only` events of `from_month` and later become
+    `pending`, for the sync to send. Returns how many."""
+    status = await sql.execute(
+        "UPDATE usage_events SET sync_state = 'pending' "
+        "WHERE company_id = $1 AND month >= $2 AND sync_state = 'local_only'",
+        company_id,
+        from_month,
+    )
+    return int(status.split()[-1])
+
+
+async def reprice_rollups(company_id: uuid.UUID, from_month: date) -> int:
+    """Free -> paid: the months from `from_month` on are priced by the company's current tier
+    (its allowance and cap are copied into those months' rollups again). Returns how many."""
+    status = await sql.execute(
+        """
+        UPDATE usage_rollups r
+        SET tier = t.name, included = a.included, unit_price = a.unit_price,
+            cap = CASE WHEN t.hard_cap THEN a.included END
+        FROM companies c
+        JOIN tiers t ON t.name = c.tier
+        JOIN tier_allowances a ON a.tier = t.name
+        WHERE c.id = $1 AND r.company_id = c.id AND r.month >= $2 AND a.event_type = r.event_type
+        """,
+        company_id,
+        from_month,
+    )
+    return int(status.split()[-1])

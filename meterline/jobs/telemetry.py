@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from prometheus_client import Counter, Gauge
 
 from meterline.billing.periods import month_of, month_start
-from meterline.db import batches
+from meterline.db import batches, flags, meter_errors, webhook_events
 from meterline.jobs.sync import SyncReport
 
 logger = logging.getLogger(__name__)
@@ -25,6 +25,24 @@ OLDEST_PENDING_AGE = Gauge(
 LATE_PENDING = Gauge(
     "meterline_sync_last_month_pending_events",
     "events of a closed month still undelivered after the late-usage grace (alert when > 0)",
+)
+
+
+WEBHOOK_EVENTS = Gauge(
+    "meterline_webhook_events_unsettled",
+    "stored Stripe events not applied, by status (alert when failed > 0)",
+    ["status"],
+)
+OPEN_FLAGS = Gauge(
+    "meterline_stripe_flags_open",
+    "Stripe reports Meterline refused or cannot reconcile alone (meterline company show)",
+)
+METER_ERROR_REPORTS = Gauge(
+    "meterline_meter_error_reports_24h", "Stripe meter error reports received in the last 24 h"
+)
+METER_ERRORS = Gauge(
+    "meterline_meter_errors_24h",
+    "meter events Stripe dropped in validation, as its reports of the last 24 h count them",
 )
 
 
@@ -55,4 +73,11 @@ async def refresh(*, now: datetime, late_grace_hours: int) -> batches.SyncStatus
             late,
             late_grace_hours,
         )
+    events = await webhook_events.count_unsettled()
+    for state in ("received", "failed"):
+        WEBHOOK_EVENTS.labels(state).set(events.get(state, 0))
+    OPEN_FLAGS.set(await flags.count_open())
+    errors = await meter_errors.totals_since(now - timedelta(hours=24))
+    METER_ERROR_REPORTS.set(errors.reports)
+    METER_ERRORS.set(errors.errors)
     return status

@@ -20,6 +20,7 @@ from meterline.resolvers import billing, usage
 from meterline.schema.errors import log_errors, with_codes
 from meterline.schema.limits import max_depth_rule
 from meterline.schema.types import (
+    Invoice,
     MeterUsage,
     MonthlySummary,
     RecordUsageResult,
@@ -53,6 +54,10 @@ class Query:
     upcoming_invoice: UpcomingInvoice | None = strawberry.field(
         resolver=billing.upcoming_invoice,
         description="From Stripe's invoice preview; null without a Stripe subscription.",
+    )
+    payment_history: list[Invoice] = strawberry.field(
+        resolver=billing.payment_history,
+        description="Issued invoices from the local mirror, newest first; limit 1..100.",
     )
 
 

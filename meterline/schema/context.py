@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime
 
+from strawberry.dataloader import DataLoader
 from strawberry.litestar import BaseContext
 
 from meterline.auth import Principal
 from meterline.config import Settings
 from meterline.db.companies import Company
+from meterline.db.invoices import InvoiceMirror
 from meterline.permissions import Permission, allows
-from meterline.services import usage
+from meterline.services import billing, usage
 from meterline.services.errors import Forbidden
 
 
@@ -24,6 +26,7 @@ class Context(BaseContext, kw_only=True):
     request_id: str
     # Sibling fields resolve concurrently: they share one lookup of the company.
     company_task: asyncio.Task[Company] | None = None
+    month_invoice_loader: DataLoader[date, InvoiceMirror | None] | None = None
 
     def now(self) -> datetime:
         return self.clock()
@@ -38,6 +41,18 @@ class Context(BaseContext, kw_only=True):
         if not allows(self.principal.role, permission, self.settings.role_aliases):
             raise Forbidden(f"Role {self.principal.role!r} may not do this.")
         return company_id
+
+    def month_invoices(self, company_id: uuid.UUID) -> DataLoader[date, InvoiceMirror | None]:
+        """The invoice carrying each month's usage: one query for all the months of a request
+        (usageHistory asks for up to 24)."""
+        if self.month_invoice_loader is None:
+
+            async def load(months: list[date]) -> list[InvoiceMirror | None]:
+                found = await billing.invoices_for_months(company_id, months)
+                return [found.get(m) for m in months]
+
+            self.month_invoice_loader = DataLoader(load_fn=load)
+        return self.month_invoice_loader
 
     async def company(self, permission: Permission) -> Company:
         company_id = self.authorize(permission)

@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, cast
+from typing import Annotated, Any, cast
 
 import strawberry
 from strawberry.scalars import JSON
@@ -17,10 +17,11 @@ from meterline.billing.catalog import CURRENCY, EventType, Tier
 from meterline.billing.dunning import BillingStatus as DomainBillingStatus
 from meterline.billing.periods import parse_month
 from meterline.billing.pricing import MeterStatement
+from meterline.db.invoices import InvoiceMirror
 from meterline.db.usage import StoredEvent
 from meterline.services import usage as usage_service
 from meterline.services.errors import BadUserInput
-from meterline.stripe_gateway.invoices import InvoicePreview, PreviewLine
+from meterline.stripe_gateway.invoices import InvoicePreview, PreviewLine, to_major_units
 
 # The domain enums are the GraphQL enums (exposed by member NAME): the catalog drives the schema.
 strawberry.enum(EventType, name="UsageEventType")
@@ -84,6 +85,23 @@ class MeterUsage:
         )
 
 
+@strawberry.enum(description="Stripe's status of the company's current subscription.")
+class SubscriptionStatus(StrEnum):
+    ACTIVE = "active"
+    TRIALING = "trialing"
+    PAST_DUE = "past_due"
+    UNPAID = "unpaid"
+    PAUSED = "paused"
+    INCOMPLETE = "incomplete"
+    INCOMPLETE_EXPIRED = "incomplete_expired"
+    CANCELED = "canceled"
+
+    @classmethod
+    def of(cls, status: str | None) -> SubscriptionStatus | None:
+        # Stripe may add statuses: an unknown one shows as null rather than failing the query.
+        return cls._value2member_map_.get(status or "")  # type: ignore[return-value]
+
+
 @strawberry.type
 class UsageLimits:
     tier: SubscriptionTier
@@ -93,6 +111,9 @@ class UsageLimits:
     grace_ends_at: datetime | None
     grace_period_days: int
     meters: list[MeterUsage]
+    subscription_status: SubscriptionStatus | None = strawberry.field(
+        description="null without a Stripe subscription; PAUSED while Stripe pauses it."
+    )
 
     @classmethod
     def of(cls, limits: usage_service.Limits) -> UsageLimits:
@@ -104,7 +125,46 @@ class UsageLimits:
             grace_ends_at=limits.grace_ends_at,
             grace_period_days=limits.grace_period_days,
             meters=[MeterUsage.of(m) for m in limits.meters],
+            subscription_status=SubscriptionStatus.of(limits.subscription_status),
         )
+
+
+@strawberry.type
+class Invoice:
+    """A Stripe invoice, from the local mirror the webhooks keep."""
+
+    id: str
+    number: str | None
+    status: str
+    amount_due: Money
+    amount_paid: Money
+    period_start: datetime | None
+    period_end: datetime | None
+    paid_at: datetime | None
+    hosted_invoice_url: str | None
+    invoice_pdf: str | None
+
+    @classmethod
+    def of(cls, invoice: InvoiceMirror) -> Invoice:
+        currency = invoice.currency
+        return cls(
+            id=invoice.id,
+            number=invoice.number,
+            status=invoice.status,
+            amount_due=Money.of(to_major_units(invoice.amount_due, currency), currency),
+            amount_paid=Money.of(to_major_units(invoice.amount_paid, currency), currency),
+            period_start=invoice.period_start,
+            period_end=invoice.period_end,
+            paid_at=invoice.paid_at,
+            hosted_invoice_url=invoice.hosted_invoice_url,
+            invoice_pdf=invoice.invoice_pdf,
+        )
+
+
+async def _month_invoice(root: MonthlySummary, info: strawberry.Info[Any, None]) -> Invoice | None:
+    from meterline.resolvers.billing import month_invoice  # it imports this module
+
+    return await month_invoice(info, root.month)
 
 
 @strawberry.type
@@ -112,6 +172,10 @@ class MonthlySummary:
     month: date
     meters: list[MeterUsage]
     total_overage_cost: Money
+    invoice: Invoice | None = strawberry.field(
+        resolver=_month_invoice,
+        description="The Stripe invoice carrying this month's usage, once mirrored (admins).",
+    )
 
     @classmethod
     def of(cls, summary: usage_service.MonthSummary) -> MonthlySummary:

@@ -1,4 +1,5 @@
-"""Billing reads served from Stripe: the upcoming invoice of a company's subscription.
+"""Billing reads: the upcoming invoice of a company's subscription, served from Stripe, and
+the invoices mirrored from Stripe's webhooks.
 
 Stripe's answer is cached per company for a short while (PREVIEW_TTL) so that a dashboard
 polling the field does not spend Stripe's rate limit; concurrent requests for one company share
@@ -13,11 +14,13 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from meterline.config import Settings
+from meterline.db import invoices
 from meterline.db.companies import Company
-from meterline.services.errors import StripeUnavailable
+from meterline.db.invoices import InvoiceMirror
+from meterline.services.errors import BadUserInput, StripeUnavailable
 from meterline.stripe_gateway.client import StripeNotConfigured
 from meterline.stripe_gateway.invoices import (
     InvoicePreview,
@@ -143,3 +146,18 @@ async def upcoming_invoice(
             raise StripeUnavailable(UNREACHABLE if exc.transient else REFUSED) from exc
 
     return await cache.get((company.id, customer, subscription), now, fetch)
+
+
+MAX_PAYMENT_HISTORY = 100
+
+
+async def payment_history(company: Company, limit: int) -> list[InvoiceMirror]:
+    if not 1 <= limit <= MAX_PAYMENT_HISTORY:
+        raise BadUserInput(f"limit must be between 1 and {MAX_PAYMENT_HISTORY}")
+    return await invoices.recent(company.id, limit)
+
+
+async def invoices_for_months(
+    company_id: uuid.UUID, months: list[date]
+) -> dict[date, InvoiceMirror]:
+    return await invoices.for_usage_months(company_id, months)

@@ -104,6 +104,7 @@ class Limits:
     grace_ends_at: datetime | None
     grace_period_days: int
     meters: list[MeterStatement]
+    subscription_status: str | None = None  # Stripe's, of the current subscription
 
     @property
     def exceeded(self) -> bool:
@@ -243,7 +244,7 @@ async def record_usage(
         month=month_of(occurred_at),
         idempotency_key=key,
         metadata=metadata,
-        sync_state="pending" if company.stripe_customer_id else "local_only",
+        sync_state="pending" if company.bills_usage else "local_only",
     )
     try:
         event, total = await _write(new_event, fingerprint, given)
@@ -364,6 +365,7 @@ async def usage_limits(company: Company, now: datetime) -> Limits:
         grace_ends_at=company.dunning.grace_ends_at,
         grace_period_days=plan.grace_days,
         meters=summary.meters,
+        subscription_status=company.subscription_status,
     )
 
 

@@ -37,3 +37,23 @@ async def close_client(client: stripe.StripeClient) -> None:
     http = client._requestor._client
     if http is not None:
         await http.close_async()  # type: ignore[no-untyped-call]
+
+
+class SharedClient:
+    """One StripeClient for a process's request handlers, so their calls reuse its connection
+    pool; made on first use (Stripe may be unconfigured), closed at shutdown."""
+
+    def __init__(self, settings: Settings, *, timeout: float = REQUEST_TIMEOUT_SECONDS) -> None:
+        self._settings = settings
+        self._timeout = timeout
+        self._client: stripe.StripeClient | None = None
+
+    def get(self) -> stripe.StripeClient:
+        if self._client is None:
+            self._client = make_client(self._settings, timeout=self._timeout)
+        return self._client
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await close_client(client)

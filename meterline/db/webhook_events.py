@@ -1,0 +1,143 @@
+"""SQL of `webhook_events`: every Stripe event received, stored once by its id."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from meterline.db import sql
+
+_COLUMNS = (
+    "id, source, type, object_id, created, payload, status, attempts, applied_count, "
+    "last_error, received_at, applied_at"
+)
+
+
+@dataclass(frozen=True)
+class StoredWebhookEvent:
+    id: str
+    source: str  # snapshot | thin
+    type: str
+    object_id: str | None
+    created: datetime
+    payload: dict[str, Any]
+    status: str  # received | applied | ignored | failed
+    attempts: int
+    applied_count: int
+    last_error: str | None
+    received_at: datetime
+    applied_at: datetime | None
+
+
+def _event(row: asyncpg.Record) -> StoredWebhookEvent:
+    fields = {name: row[name] for name in StoredWebhookEvent.__dataclass_fields__}
+    fields["payload"] = json.loads(row["payload"])
+    return StoredWebhookEvent(**fields)
+
+
+async def store(
+    *,
+    event_id: str,
+    source: str,
+    event_type: str,
+    object_id: str | None,
+    created: datetime,
+    payload: dict[str, Any],
+    status: str,
+) -> tuple[StoredWebhookEvent, bool]:
+    """Insert the event unless its id is stored already: the stored row, and whether it is new."""
+    row = await sql.fetchrow(
+        f"""
+        WITH inserted AS (
+            INSERT INTO webhook_events (id, source, type, object_id, created, payload, status)
+            VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)
+            ON CONFLICT (id) DO NOTHING RETURNING {_COLUMNS}
+        )
+        SELECT {_COLUMNS}, true AS inserted FROM inserted
+        UNION ALL
+        SELECT {_COLUMNS}, false FROM webhook_events
+        WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM inserted)
+        """,
+        event_id,
+        source,
+        event_type,
+        object_id,
+        created,
+        json.dumps(payload),
+        status,
+    )
+    if row is None:  # inserted concurrently and not yet visible to this snapshot
+        row = await sql.fetchrow(
+            f"SELECT {_COLUMNS}, false AS inserted FROM webhook_events WHERE id = $1", event_id
+        )
+    assert row is not None
+    return _event(row), bool(row["inserted"])
+
+
+async def get(event_id: str) -> StoredWebhookEvent | None:
+    row = await sql.fetchrow(f"SELECT {_COLUMNS} FROM webhook_events WHERE id = $1", event_id)
+    return _event(row) if row else None
+
+
+async def lock(event_id: str) -> StoredWebhookEvent | None:
+    """The event row, locked until the end of the caller's transaction: one delivery of an
+    event applies it while a concurrent one waits and then finds it applied."""
+    row = await sql.fetchrow(
+        f"SELECT {_COLUMNS} FROM webhook_events WHERE id = $1 FOR UPDATE", event_id
+    )
+    return _event(row) if row else None
+
+
+async def mark_applied(event_id: str, *, status: str, now: datetime, note: str | None) -> None:
+    """`applied` (or `ignored`, with the reason in `note`), in the applying transaction."""
+    await sql.execute(
+        "UPDATE webhook_events SET status = $2, attempts = attempts + 1, "
+        "applied_count = applied_count + 1, applied_at = $3, last_error = $4 WHERE id = $1",
+        event_id,
+        status,
+        now,
+        note,
+    )
+
+
+async def mark_failed(event_id: str, *, error: str) -> None:
+    """Applying failed: Stripe gets a 500 and delivers it again; the error stays here. An event
+    applied meanwhile (by a concurrent delivery) stays applied."""
+    await sql.execute(
+        "UPDATE webhook_events SET status = 'failed', attempts = attempts + 1, last_error = $2 "
+        "WHERE id = $1 AND status IN ('received', 'failed')",
+        event_id,
+        error[:2000],
+    )
+
+
+async def ids_with_status(status: str, limit: int) -> list[str]:
+    rows = await sql.fetch(
+        "SELECT id FROM webhook_events WHERE status = $1 ORDER BY created, id LIMIT $2",
+        status,
+        limit,
+    )
+    return [r["id"] for r in rows]
+
+
+async def recent(limit: int, status: str | None = None) -> list[StoredWebhookEvent]:
+    rows = await sql.fetch(
+        f"SELECT {_COLUMNS} FROM webhook_events WHERE $2::text IS NULL OR status = $2 "
+        f"ORDER BY received_at DESC, id LIMIT $1",
+        limit,
+        status,
+    )
+    return [_event(r) for r in rows]
+
+
+async def count_unsettled() -> dict[str, int]:
+    """Events not applied: `failed`, and `received` (being applied, or left by a crash)."""
+    rows = await sql.fetch(
+        "SELECT status, count(*) AS n FROM webhook_events "
+        "WHERE status IN ('failed', 'received') GROUP BY status"
+    )
+    return {r["status"]: int(r["n"]) for r in rows}

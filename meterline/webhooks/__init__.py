@@ -1,0 +1,1 @@
+"""Stripe's webhook routes: `/webhooks/stripe` (snapshot events), `/webhooks/stripe/thin`."""
