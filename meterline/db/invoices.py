@@ -9,6 +9,7 @@ from datetime import date, datetime
 
 import asyncpg
 
+from meterline.billing.catalog import Tier
 from meterline.db import sql
 
 _COLUMNS = (
@@ -114,6 +115,7 @@ async def for_usage_months(company_id: uuid.UUID, months: list[date]) -> dict[da
 @dataclass(frozen=True)
 class DunningFacts:
     earliest_open_failure: datetime | None  # of the open invoices with a failed payment
+    failed_tier: Tier | None  # the tier of that invoice's subscription, as last mirrored
     uncollectible_since: datetime | None  # earliest invoice marked uncollectible, still unpaid
 
 
@@ -122,19 +124,28 @@ async def dunning_facts(company_id: uuid.UUID, cleared_at: datetime | None) -> D
     operator's clear-dunning (`cleared_at`) no longer counts."""
     row = await sql.fetchrow(
         """
+        WITH failed AS (
+            SELECT i.first_failed_at, s.tier FROM invoices i
+            LEFT JOIN subscriptions s ON s.id = i.subscription_id
+            WHERE i.company_id = $1 AND i.status = 'open' AND i.first_failed_at IS NOT NULL
+            ORDER BY i.first_failed_at LIMIT 1
+        )
         SELECT
-            min(first_failed_at) FILTER (WHERE status = 'open') AS earliest_open_failure,
-            min(coalesce(marked_uncollectible_at, created)) FILTER (
-                WHERE status = 'uncollectible'
-                  AND ($2::timestamptz IS NULL OR coalesce(marked_uncollectible_at, created) > $2)
+            (SELECT first_failed_at FROM failed) AS earliest_open_failure,
+            (SELECT tier FROM failed) AS failed_tier,
+            (SELECT min(coalesce(marked_uncollectible_at, created)) FROM invoices
+             WHERE company_id = $1 AND status = 'uncollectible'
+               AND ($2::timestamptz IS NULL OR coalesce(marked_uncollectible_at, created) > $2)
             ) AS uncollectible_since
-        FROM invoices WHERE company_id = $1
         """,
         company_id,
         cleared_at,
     )
     assert row is not None
-    return DunningFacts(row["earliest_open_failure"], row["uncollectible_since"])
+    tier = row["failed_tier"]
+    return DunningFacts(
+        row["earliest_open_failure"], Tier(tier) if tier else None, row["uncollectible_since"]
+    )
 
 
 async def forget_failures(company_id: uuid.UUID) -> None:

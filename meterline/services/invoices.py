@@ -86,8 +86,11 @@ async def refresh_dunning(company: Company, now: datetime) -> Company:
     """Derive the company's dunning state from its invoices (caller holds the company lock)."""
     facts = await invoices.dunning_facts(company.id, company.dunning_cleared_at)
     plans = await tiers.cached_plans()
+    # The grace of the tier the failed invoice bills: a company whose subscription ended (now
+    # free, no grace) still gets the grace its paid tier promised.
+    grace_days = plans[facts.failed_tier or company.tier].grace_days
     dunning = dunning_from_invoices(
-        facts.earliest_open_failure, facts.uncollectible_since, plans[company.tier].grace_days
+        facts.earliest_open_failure, facts.uncollectible_since, grace_days
     )
     if dunning == company.dunning:
         return company
