@@ -378,6 +378,9 @@ def cmd_stripe(args: argparse.Namespace) -> None:
     settings = _settings()
 
     async def work() -> None:
+        if args.action == "flags":
+            await _flags(args)
+            return
         stripe_client = SharedClient(settings)
         try:
             reader = StripeReader(stripe_client.get())
@@ -394,6 +397,25 @@ def cmd_stripe(args: argparse.Namespace) -> None:
         )
 
     asyncio.run(_with_database(settings, work))
+
+
+async def _flags(args: argparse.Namespace) -> None:
+    from meterline.db import flags
+
+    if args.resolve:
+        try:
+            flag_id = uuid.UUID(args.resolve)
+        except ValueError as exc:
+            raise SystemExit(f"meterline: {args.resolve!r} is not a flag id") from exc
+        if not await flags.resolve_by_id(flag_id, now=datetime.now(UTC)):
+            raise SystemExit(f"meterline: no open flag {flag_id}")
+        print(f"flag {flag_id} resolved")
+        return
+    for flag in await flags.open_flags(limit=args.limit):
+        print(
+            f"{flag.id}  {flag.kind}  company={flag.company_id or '-'}  {flag.object_id}  "
+            f"seen {flag.last_seen_at:%Y-%m-%dT%H:%M:%SZ}: {flag.message}"
+        )
 
 
 def _batch_id(text: str) -> uuid.UUID:
@@ -537,6 +559,11 @@ def build_parser() -> argparse.ArgumentParser:
     stripe_actions.add_parser(
         "backfill", help="mirror every subscription and invoice from Stripe's lists"
     )
+    flag_listing = stripe_actions.add_parser(
+        "flags", help="what Stripe reported that Meterline refused or cannot reconcile"
+    )
+    flag_listing.add_argument("--resolve", metavar="FLAG", help="close a flag once dealt with")
+    flag_listing.add_argument("--limit", type=int, default=100)
     stripe_command.set_defaults(func=cmd_stripe)
 
     commands.add_parser("demo", help="seed the demo company").set_defaults(func=cmd_demo)

@@ -53,6 +53,17 @@ async def resolve(*, kind: str, object_id: str, now: datetime) -> None:
     )
 
 
+async def resolve_by_id(flag_id: uuid.UUID, *, now: datetime) -> bool:
+    """An operator looked at it and dealt with it."""
+    row = await sql.fetchrow(
+        "UPDATE stripe_flags SET resolved_at = $2 WHERE id = $1 AND resolved_at IS NULL "
+        "RETURNING id",
+        flag_id,
+        now,
+    )
+    return row is not None
+
+
 async def open_flags(company_id: uuid.UUID | None = None, limit: int = 100) -> list[Flag]:
     rows = await sql.fetch(
         "SELECT id, company_id, kind, object_id, message, created_at, last_seen_at "
