@@ -46,7 +46,8 @@ from meterline.webhooks.routes import webhook_routes
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
-MAX_BODY_BYTES = 1024 * 1024  # far above any legitimate document or batch
+MAX_BODY_BYTES = 1024 * 1024  # far above any legitimate document, batch or Stripe event
+WEBHOOK_REREAD_TIMEOUT_SECONDS = 8.0
 
 
 def utc_now() -> datetime:
@@ -95,7 +96,9 @@ def create_app(
     """`manage_database=False` leaves the pool to the caller (tests open it on their loop)."""
     verifier = TokenVerifier(settings)
     schema = build_schema(introspection=settings.is_development)
-    stripe_client = SharedClient(settings)  # for the webhook handlers' re-reads
+    # For the webhook handlers' re-reads: Stripe counts a slow answer as a failed delivery and
+    # retries it, so a re-read that slow is better failed (stored with its error) early.
+    stripe_client = SharedClient(settings, timeout=WEBHOOK_REREAD_TIMEOUT_SECONDS)
 
     async def graphql_context(request: Request[Any, Any, Any]) -> Context:
         request_id = request.scope.get("state", {}).get("request_id") or uuid.uuid4().hex
