@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from meterline.billing.catalog import EventType, Tier
+from meterline.billing.catalog import DEFAULT_PLANS, EventType, Tier
 from meterline.billing.dunning import BillingStatus, dunning_from_invoices
 from meterline.db.batches import batch_id_of, batch_timestamp
-from meterline.services.invoices import usage_month
+from meterline.services.invoices import grace_days, usage_month
 from meterline.services.stripe_setup import base_price_lookup_key, metered_price_lookup_key
 from meterline.services.subscriptions import effective_tier, missing_prices, tier_of
 from meterline.stripe_gateway.mirror import InvoiceState, PriceRef
@@ -45,18 +46,30 @@ def test_batch_identifiers_round_trip() -> None:
 
 def test_dunning_from_invoices() -> None:
     failure = datetime(2026, 11, 1, 2, tzinfo=UTC)
-    ok = dunning_from_invoices(None, None, 14)
+    ok = dunning_from_invoices(None, 14)
     assert ok.status(failure) is BillingStatus.OK
-    past_due = dunning_from_invoices(failure, None, 14)
+    past_due = dunning_from_invoices(failure, 14)
     assert past_due.grace_ends_at == failure + timedelta(days=14)
     assert past_due.status(failure + timedelta(days=14) - timedelta(microseconds=1)) is (
         BillingStatus.PAST_DUE
     )
     assert past_due.status(failure + timedelta(days=14)) is BillingStatus.RESTRICTED
-    uncollectible = dunning_from_invoices(None, failure + timedelta(days=3), 14)
-    assert uncollectible.status(failure + timedelta(days=3)) is BillingStatus.RESTRICTED
-    both = dunning_from_invoices(failure + timedelta(days=1), failure, 14)
-    assert both.past_due_since == failure and both.restricted
+    assert dunning_from_invoices(failure, 0).status(failure) is BillingStatus.RESTRICTED
+
+
+@pytest.mark.parametrize(
+    ("invoice_tier", "company_tier", "expected"),
+    [
+        (Tier.STARTER, Tier.STARTER, 14),
+        (Tier.STARTER, Tier.FREE, 14),  # the subscription ended: its tier's grace stays
+        (None, Tier.PROFESSIONAL, 14),
+        (None, Tier.FREE, 21),  # a one-off invoice of a free company: the longest grace
+    ],
+)
+def test_grace_days(invoice_tier: Tier | None, company_tier: Tier, expected: int) -> None:
+    plans = dict(DEFAULT_PLANS)
+    plans[Tier.ENTERPRISE] = replace(plans[Tier.ENTERPRISE], grace_days=21)
+    assert grace_days(plans, invoice_tier, company_tier) == expected
 
 
 def prices(tier: Tier, *, without: EventType | None = None) -> list[PriceRef]:

@@ -248,17 +248,23 @@ async def test_events_in_any_order_give_the_same_dunning_state(world: StripeWorl
     assert (await limits(world, company_id))["billingStatus"] == "OK"
 
 
-async def test_uncollectible_stays_restricted_until_an_operator_clears_it(
+async def test_uncollectible_keeps_counting_until_an_operator_clears_it(
     world: StripeWorld, database_url: str
 ) -> None:
     company_id, subscription = await paid_company(world)
     world.clock.set(NOV_1 + timedelta(hours=1))
     invoice = world.double.invoice_for_month(subscription, ts(OCT_1))
-    await fail(world, invoice, NOV_1 + timedelta(hours=2))
+    first_failure = NOV_1 + timedelta(hours=2)
+    await fail(world, invoice, first_failure)
     world.clock.set(NOV_1 + timedelta(days=2))
     world.double.mark_uncollectible(invoice)
     await world.send("invoice.marked_uncollectible", invoice)
-    # Restricted at once, before the grace would have ended.
+    # Still unpaid after a failure: past due within the grace, restricted after it, and it
+    # stays so (Stripe will not retry an uncollectible invoice; nothing clears it by itself).
+    shown = await limits(world, company_id)
+    assert shown["billingStatus"] == "PAST_DUE"
+    assert shown["graceEndsAt"] == (first_failure + timedelta(days=14)).isoformat()
+    world.clock.set(first_failure + timedelta(days=30))
     assert (await limits(world, company_id))["billingStatus"] == "RESTRICTED"
     assert (await record_sms(world, company_id))["__typename"] == "PaymentRequired"
 
@@ -276,6 +282,23 @@ async def test_uncollectible_stays_restricted_until_an_operator_clears_it(
     november = world.double.invoice_for_month(subscription, ts(NOV_1))
     await fail(world, november, DEC_1 + timedelta(hours=2))
     assert (await limits(world, company_id))["billingStatus"] == "PAST_DUE"
+
+
+async def test_an_uncollectible_invoice_without_a_failure_starts_the_grace(
+    world: StripeWorld,
+) -> None:
+    company_id, subscription = await paid_company(world)
+    world.clock.set(NOV_1 + timedelta(hours=1))
+    invoice = world.double.invoice_for_month(subscription, ts(OCT_1))
+    world.clock.set(NOV_1 + timedelta(days=1))
+    world.double.mark_uncollectible(invoice)
+    await world.send("invoice.marked_uncollectible", invoice)
+    shown = await limits(world, company_id)
+    assert shown["billingStatus"] == "PAST_DUE"
+    assert shown["graceEndsAt"] == (NOV_1 + timedelta(days=15)).isoformat()
+    world.double.pay_invoice(invoice)  # an uncollectible invoice can still be paid
+    await world.send("invoice.paid", invoice)
+    assert (await limits(world, company_id))["billingStatus"] == "OK"
 
 
 async def test_an_invoice_before_its_subscription_event_links_the_company(

@@ -31,16 +31,10 @@ def grace_end(earliest_failure: datetime, grace_days: int) -> datetime:
     return earliest_failure + timedelta(days=grace_days)
 
 
-def dunning_from_invoices(
-    earliest_open_failure: datetime | None,
-    uncollectible_since: datetime | None,
-    grace_days: int,
-) -> Dunning:
-    """DESIGN's rule: past due while an open invoice has a failed payment, from the earliest
-    such failure (a second failure never extends the grace); an invoice marked uncollectible
-    restricts at once and until an operator clears it."""
-    starts = [t for t in (earliest_open_failure, uncollectible_since) if t is not None]
-    if not starts:
+def dunning_from_invoices(earliest_failure: datetime | None, grace_days: int) -> Dunning:
+    """DESIGN's rule: past due while an invoice is unpaid after a failed payment (open, or
+    marked uncollectible), from the earliest such failure (a second failure never extends the
+    grace); restricted once the grace has passed."""
+    if earliest_failure is None:
         return Dunning(None, None, False)
-    since = min(starts)
-    return Dunning(since, grace_end(since, grace_days), restricted=uncollectible_since is not None)
+    return Dunning(earliest_failure, grace_end(earliest_failure, grace_days))

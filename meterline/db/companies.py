@@ -131,9 +131,10 @@ async def clear_dunning(company_id: uuid.UUID, *, now: datetime) -> Company | No
 
 async def lock(company_id: uuid.UUID) -> Company | None:
     """The company row, locked until the end of the caller's transaction: webhook handlers of
-    one company apply one after the other."""
+    one company apply one after the other. NO KEY: recordings (whose foreign keys take KEY
+    SHARE locks on this row) are not held up."""
     row = await sql.fetchrow(
-        f"SELECT {_COLUMNS} FROM companies WHERE id = $1 FOR UPDATE", company_id
+        f"SELECT {_COLUMNS} FROM companies WHERE id = $1 FOR NO KEY UPDATE", company_id
     )
     return _company(row) if row else None
 

@@ -98,12 +98,12 @@ async def recent(company_id: uuid.UUID, limit: int) -> list[InvoiceMirror]:
 
 
 async def for_usage_months(company_id: uuid.UUID, months: list[date]) -> dict[date, InvoiceMirror]:
-    """The invoice carrying each month's usage: of several (a voided one re-issued), the
-    newest that is not void."""
+    """The invoice carrying each month's usage once issued (drafts are not bills yet): of
+    several (a voided one re-issued), the newest that is not void."""
     rows = await sql.fetch(
         f"""
         SELECT DISTINCT ON (usage_month) {_COLUMNS} FROM invoices
-        WHERE company_id = $1 AND usage_month = ANY($2)
+        WHERE company_id = $1 AND usage_month = ANY($2) AND status <> 'draft'
         ORDER BY usage_month, (status = 'void'), created DESC, id DESC
         """,
         company_id,
@@ -114,38 +114,36 @@ async def for_usage_months(company_id: uuid.UUID, months: list[date]) -> dict[da
 
 @dataclass(frozen=True)
 class DunningFacts:
-    earliest_open_failure: datetime | None  # of the open invoices with a failed payment
+    earliest_failure: datetime | None  # of the invoices still unpaid after a failed payment
     failed_tier: Tier | None  # the tier of that invoice's subscription, as last mirrored
-    uncollectible_since: datetime | None  # earliest invoice marked uncollectible, still unpaid
 
 
 async def dunning_facts(company_id: uuid.UUID, cleared_at: datetime | None) -> DunningFacts:
-    """What the company's dunning state follows from (DESIGN, dunning); anything before an
-    operator's clear-dunning (`cleared_at`) no longer counts."""
+    """What the company's dunning state follows from (DESIGN, dunning): its open invoices with
+    a failed payment, and those marked uncollectible (still unpaid: they keep counting, where
+    paying or voiding ends it). Anything before an operator's clear-dunning (`cleared_at`) no
+    longer counts."""
     row = await sql.fetchrow(
         """
-        WITH failed AS (
-            SELECT i.first_failed_at, s.tier FROM invoices i
-            LEFT JOIN subscriptions s ON s.id = i.subscription_id
-            WHERE i.company_id = $1 AND i.status = 'open' AND i.first_failed_at IS NOT NULL
-            ORDER BY i.first_failed_at LIMIT 1
-        )
-        SELECT
-            (SELECT first_failed_at FROM failed) AS earliest_open_failure,
-            (SELECT tier FROM failed) AS failed_tier,
-            (SELECT min(coalesce(marked_uncollectible_at, created)) FROM invoices
-             WHERE company_id = $1 AND status = 'uncollectible'
-               AND ($2::timestamptz IS NULL OR coalesce(marked_uncollectible_at, created) > $2)
-            ) AS uncollectible_since
+        SELECT f.failed_at, s.tier FROM (
+            SELECT subscription_id, first_failed_at AS failed_at FROM invoices
+            WHERE company_id = $1 AND status = 'open' AND first_failed_at IS NOT NULL
+            UNION ALL
+            SELECT subscription_id, coalesce(first_failed_at, marked_uncollectible_at, created)
+            FROM invoices
+            WHERE company_id = $1 AND status = 'uncollectible'
+              AND ($2::timestamptz IS NULL
+                   OR coalesce(marked_uncollectible_at, created) > $2)
+        ) f
+        LEFT JOIN subscriptions s ON s.id = f.subscription_id
+        ORDER BY f.failed_at LIMIT 1
         """,
         company_id,
         cleared_at,
     )
-    assert row is not None
-    tier = row["failed_tier"]
-    return DunningFacts(
-        row["earliest_open_failure"], Tier(tier) if tier else None, row["uncollectible_since"]
-    )
+    if row is None:
+        return DunningFacts(None, None)
+    return DunningFacts(row["failed_at"], Tier(row["tier"]) if row["tier"] else None)
 
 
 async def forget_failures(company_id: uuid.UUID) -> None:

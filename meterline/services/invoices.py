@@ -1,15 +1,18 @@
 """Applying a Stripe invoice's current state: the local invoice mirror and the dunning state.
 
-Dunning (DESIGN): PAST_DUE while an open invoice has a failed payment, grace from the earliest
-failure; RESTRICTED after the grace or once an invoice is marked uncollectible; OK again when
-the invoices are paid or voided, or an operator clears it.
+Dunning (DESIGN): PAST_DUE while an invoice is unpaid after a failed payment (open, or marked
+uncollectible), grace from the earliest failure; RESTRICTED after the grace; OK again when the
+invoices are paid or voided, or an operator clears it (an uncollectible invoice never clears by
+itself).
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import date, datetime
 
+from meterline.billing.catalog import Plan, Tier
 from meterline.billing.dunning import dunning_from_invoices
 from meterline.billing.periods import month_of
 from meterline.db import companies, flags, invoices, tiers
@@ -82,15 +85,22 @@ async def apply_invoice(
     return Outcome(True)
 
 
+def grace_days(plans: Mapping[Tier, Plan], invoice_tier: Tier | None, company_tier: Tier) -> int:
+    """The grace of the tier the failed invoice bills; a company whose subscription ended (free
+    now, no grace) keeps the grace its paid tier promised, and an invoice of no known tier
+    (a one-off) gets the longest grace of the tiers rather than none."""
+    for tier in (invoice_tier, company_tier):
+        if tier is not None and not plans[tier].hard_cap:
+            return plans[tier].grace_days
+    return max(plan.grace_days for plan in plans.values())
+
+
 async def refresh_dunning(company: Company, now: datetime) -> Company:
     """Derive the company's dunning state from its invoices (caller holds the company lock)."""
     facts = await invoices.dunning_facts(company.id, company.dunning_cleared_at)
     plans = await tiers.cached_plans()
-    # The grace of the tier the failed invoice bills: a company whose subscription ended (now
-    # free, no grace) still gets the grace its paid tier promised.
-    grace_days = plans[facts.failed_tier or company.tier].grace_days
     dunning = dunning_from_invoices(
-        facts.earliest_open_failure, facts.uncollectible_since, grace_days
+        facts.earliest_failure, grace_days(plans, facts.failed_tier, company.tier)
     )
     if dunning == company.dunning:
         return company

@@ -139,7 +139,9 @@ class WebhookProcessor:
                 subscription = subscription.get("id")
             if not isinstance(subscription, str):
                 return _done(Outcome(False, "not a subscription checkout"))
-            hint = company_named(obj.get("metadata") or {}) or _uuid(obj.get("client_reference_id"))
+            # The session's metadata is set by whoever created the session (Meterline's
+            # checkout); never `client_reference_id`, which a payment link's visitor can set.
+            hint = company_named(obj.get("metadata") or {})
             return await self._subscription_step(subscription, now, company_hint=hint)
         if stored.type in INVOICE_EVENTS:
             return await self._invoice_step(stored, now)
@@ -194,10 +196,3 @@ def _done(outcome: Outcome) -> Step:
         return outcome
 
     return step
-
-
-def _uuid(value: Any) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(str(value)) if value else None
-    except ValueError:
-        return None
