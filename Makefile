@@ -29,6 +29,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.record_usage
 	$(BIN)/python -m bench.sync
+	$(BIN)/python -m bench.webhooks
 
 schema: $(STAMP)
 	$(BIN)/meterline schema > schema.graphql

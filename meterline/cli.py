@@ -293,7 +293,7 @@ def cmd_sync_usage(args: argparse.Namespace) -> None:
                 )
                 for sample in error_report.samples:
                     ours = (
-                        f"batch mlb_{uuid.UUID(sample['batch_id']).hex}, now failed"
+                        f"batch mlb_{uuid.UUID(sample['batch_id']).hex}"
                         if sample["batch_id"]
                         else "no batch of ours"
                     )

@@ -293,13 +293,15 @@ async def schedule_retry(batch: Batch, *, retry_at: datetime, error: str) -> boo
 
 async def mark_rejected_later(batch_id: uuid.UUID, *, error: str) -> bool:
     """Stripe accepted the call but its asynchronous validation dropped the event (a meter error
-    report names the batch's identifier): nothing of it is billed, so a `sent` (or `unknown`)
-    batch is `failed`, and an operator may re-drive it once the cause is fixed."""
+    report names the batch's identifier): nothing of it is billed, so the batch is `failed`
+    (also one still being retried: a retry would only hear "already exists"), and an operator
+    may re-drive it once the cause is fixed. A worker still holding it settles nothing then:
+    every transition requires `sending`."""
     row = await sql.fetchrow(
         """
         WITH failed AS (
             UPDATE usage_batches SET state = 'failed', last_error = $2
-            WHERE id = $1 AND state IN ('sent', 'unknown') RETURNING id
+            WHERE id = $1 AND state IN ('sending', 'sent', 'unknown') RETURNING id
         ), moved AS (
             UPDATE usage_events SET sync_state = 'failed' WHERE batch_id IN (SELECT id FROM failed)
         )

@@ -44,21 +44,32 @@ async def backfill(
     progress: Callable[[str], None] = lambda _: None,
 ) -> BackfillReport:
     report = BackfillReport()
-    # Subscriptions first: they link the customers the invoices belong to.
-    async for subscription in reader.all_subscriptions():
+    # Subscriptions first: they link the customers the invoices belong to. Each page's read
+    # number is taken before the page is read, so a webhook that read an object later wins over
+    # the page (db/stripe_reads.py).
+    after: str | None = None
+    while True:
         read_seq = await next_read_seq()
-        async with DB.transaction():
-            outcome = await apply_subscription(subscription, read_seq=read_seq, now=clock())
-        report.subscriptions += 1
-        report.subscriptions_refused += _count(outcome, subscription.id, progress)
-    async for invoice in reader.all_invoices():
+        subscriptions, after = await reader.subscriptions_page(after)
+        for subscription in subscriptions:
+            async with DB.transaction():
+                outcome = await apply_subscription(subscription, read_seq=read_seq, now=clock())
+            report.subscriptions += 1
+            report.subscriptions_refused += _count(outcome, subscription.id, progress)
+        if after is None:
+            break
+    while True:
         read_seq = await next_read_seq()
-        async with DB.transaction():
-            outcome = await apply_invoice(
-                invoice, read_seq=read_seq, now=clock(), failed_at=assumed_failure(invoice)
-            )
-        report.invoices += 1
-        report.invoices_refused += _count(outcome, invoice.id, progress)
+        invoices, after = await reader.invoices_page(after)
+        for invoice in invoices:
+            async with DB.transaction():
+                outcome = await apply_invoice(
+                    invoice, read_seq=read_seq, now=clock(), failed_at=assumed_failure(invoice)
+                )
+            report.invoices += 1
+            report.invoices_refused += _count(outcome, invoice.id, progress)
+        if after is None:
+            break
     return report
 
 

@@ -79,8 +79,12 @@ async def apply_invoice(
     counts = company.dunning_cleared_at is None or (
         failed_at is not None and failed_at > company.dunning_cleared_at
     )
-    if failed_at is not None and state.status == "open" and counts:
-        await invoices.record_failure(state.id, failed_at)
+    if failed_at is not None and counts:
+        # Judged on the latest state stored (this read, or a later one that won): a stale read
+        # of a since-paid invoice must not record a failure.
+        latest = await invoices.get(state.id)
+        if latest is not None and latest.status in ("open", "uncollectible"):
+            await invoices.record_failure(state.id, failed_at)
     await refresh_dunning(company, now)
     return Outcome(True)
 

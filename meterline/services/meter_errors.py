@@ -47,7 +47,7 @@ async def record_meter_errors(report: MeterErrorEvent, *, now: datetime) -> Outc
             validation_start=report.validation_start,
             validation_end=report.validation_end,
             samples=samples,
-            created_at=report.created,
+            created_at=now,  # when it reached us: /metrics counts the last 24 h of reports
         )
     )
     failed = 0

@@ -94,13 +94,20 @@ class WebhookProcessor:
         try:
             status, duplicate = await self._apply(stored, force=False)
         except Exception as exc:
+            expected = isinstance(exc, StripeReadFailed | StripeNotConfigured)
             error = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, StripeReadFailed | StripeNotConfigured):  # Stripe will retry
+            if expected:  # Stripe will deliver it again
                 logger.warning("Stripe event %s (%s) not applied: %s", event_id, event_type, error)
             else:
                 logger.exception("applying Stripe event %s (%s) failed", event_id, event_type)
             await webhook_events.mark_failed(event_id, error=error)
-            return Received(event_id, "failed", duplicate=False, error=error)
+            now_stored = await webhook_events.get(event_id)
+            if now_stored is not None and now_stored.status in ("applied", "ignored"):
+                # A concurrent delivery applied it while this one failed: nothing to retry.
+                return Received(event_id, now_stored.status, duplicate=True)
+            # Stripe shows this answer in its dashboard: the reason, never internals.
+            shown = error if expected else f"{type(exc).__name__} (see Meterline's log)"
+            return Received(event_id, "failed", duplicate=False, error=shown)
         return Received(event_id, status, duplicate=duplicate)
 
     async def replay(self, event_id: str) -> str:
@@ -146,7 +153,10 @@ class WebhookProcessor:
         if stored.type in INVOICE_EVENTS:
             return await self._invoice_step(stored, now)
         if stored.type in METER_ERROR_EVENTS:
-            report = await self.reader().meter_error_report(stored.payload)
+            try:
+                report = await self.reader().meter_error_report(stored.payload)
+            except ObjectMissing as exc:  # retrying for three days would not bring it back
+                return _done(Outcome(False, f"Stripe has no event {stored.id}: {exc}"))
             return lambda: record_meter_errors(report, now=now)
         return _done(Outcome(False, f"{stored.type} is not handled"))
 

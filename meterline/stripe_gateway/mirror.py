@@ -7,8 +7,9 @@ are plain values; no Stripe object leaves the gateway.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -99,9 +100,13 @@ def _ts(value: Any) -> datetime | None:
 
 
 def iso_time(value: Any) -> datetime | None:
+    """Stripe's v2 timestamps ("2026-11-25T10:00:00.000Z"); ValueError without an offset."""
     if not value:
         return None
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError(f"timestamp without a UTC offset: {value!r}")
+    return moment
 
 
 def optional(obj: Any, name: str) -> Any:
@@ -228,7 +233,11 @@ def meter_error_event(event: Any) -> MeterErrorEvent:
 
 
 def _failure(exc: stripe.StripeError) -> Exception:
-    if isinstance(exc, stripe.InvalidRequestError) and exc.code == "resource_missing":
+    # v1 says `resource_missing`, v2 (events) `not_found`.
+    if isinstance(exc, stripe.InvalidRequestError) and exc.code in (
+        "resource_missing",
+        "not_found",
+    ):
         return ObjectMissing(str(exc.user_message or exc))
     status = f" ({exc.http_status})" if exc.http_status else ""
     return StripeReadFailed(f"{type(exc).__name__}{status}: {exc.user_message or exc}")
@@ -241,10 +250,20 @@ class StripeReader:
         self._client = client
         # Whether a price is metered never changes: each price is read once per process.
         self._prices: dict[str, PriceRef] = {}
+        self._price_reads: dict[str, asyncio.Future[stripe.Price]] = {}
 
     async def _line_prices(self, lines: list[Any]) -> dict[str, PriceRef]:
         for price_id in {p for p in map(line_price_id, lines) if p and p not in self._prices}:
-            self._prices[price_id] = _price(await self._client.v1.prices.retrieve_async(price_id))
+            # Concurrent handlers missing the same price share one read.
+            task = self._price_reads.get(price_id)
+            if task is None:
+                task = asyncio.ensure_future(self._client.v1.prices.retrieve_async(price_id))
+                self._price_reads[price_id] = task
+            try:
+                self._prices[price_id] = _price(await asyncio.shield(task))
+            finally:
+                if task.done():
+                    self._price_reads.pop(price_id, None)
         return self._prices
 
     async def subscription(self, subscription_id: str) -> SubscriptionState:
@@ -289,40 +308,32 @@ class StripeReader:
             raise _failure(exc) from exc
         return meter_error_event(event)
 
-    async def all_subscriptions(self) -> AsyncIterator[SubscriptionState]:
-        """Every subscription of the account, canceled ones included, newest first."""
-        after: str | None = None
-        while True:
-            params: dict[str, Any] = {"status": "all", "limit": PAGE_SIZE}
-            if after:
-                params["starting_after"] = after
-            try:
-                page = await self._client.v1.subscriptions.list_async(params)  # type: ignore[arg-type]
-            except stripe.StripeError as exc:
-                raise _failure(exc) from exc
-            for sub in page.data:
-                yield subscription_state(sub)
-            if not page.has_more or not page.data:
-                return
-            after = str(page.data[-1].id)
+    async def subscriptions_page(
+        self, after: str | None
+    ) -> tuple[list[SubscriptionState], str | None]:
+        """One page of every subscription of the account (canceled ones included), newest
+        first, and the cursor of the next page (None at the end)."""
+        params: dict[str, Any] = {"status": "all", "limit": PAGE_SIZE}
+        if after:
+            params["starting_after"] = after
+        try:
+            page = await self._client.v1.subscriptions.list_async(params)  # type: ignore[arg-type]
+        except stripe.StripeError as exc:
+            raise _failure(exc) from exc
+        states = [subscription_state(sub) for sub in page.data]
+        return states, (states[-1].id if page.has_more and states else None)
 
-    async def all_invoices(self) -> AsyncIterator[InvoiceState]:
-        """Every invoice of the account, newest first."""
-        after: str | None = None
-        while True:
-            params: dict[str, Any] = {"limit": PAGE_SIZE}
-            if after:
-                params["starting_after"] = after
-            try:
-                page = await self._client.v1.invoices.list_async(params)  # type: ignore[arg-type]
-                states = []
-                for invoice in page.data:
-                    lines = await self._lines(invoice)
-                    states.append(invoice_state(invoice, lines, await self._line_prices(lines)))
-            except stripe.StripeError as exc:
-                raise _failure(exc) from exc
-            for state in states:
-                yield state
-            if not page.has_more or not page.data:
-                return
-            after = str(page.data[-1].id)
+    async def invoices_page(self, after: str | None) -> tuple[list[InvoiceState], str | None]:
+        """One page of every invoice of the account, newest first, and the next cursor."""
+        params: dict[str, Any] = {"limit": PAGE_SIZE}
+        if after:
+            params["starting_after"] = after
+        try:
+            page = await self._client.v1.invoices.list_async(params)  # type: ignore[arg-type]
+            states = []
+            for invoice in page.data:
+                lines = await self._lines(invoice)
+                states.append(invoice_state(invoice, lines, await self._line_prices(lines)))
+        except stripe.StripeError as exc:
+            raise _failure(exc) from exc
+        return states, (states[-1].id if page.has_more and states else None)

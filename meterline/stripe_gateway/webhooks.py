@@ -100,6 +100,10 @@ def verify_thin(
 ) -> ThinEvent:
     if not secrets:
         raise BadWebhook("no signing secret is configured for this route")
+    _verify(payload, header, secrets)
+    body = _json_object(payload)
+    if not isinstance(body.get("type"), str) or not isinstance(body.get("id"), str):
+        raise BadWebhook("not a Stripe thin event (id, type)")
     notification = None
     for secret in secrets:
         try:
@@ -109,11 +113,10 @@ def verify_thin(
             break
         except stripe.SignatureVerificationError:
             continue
-        except (KeyError, TypeError, ValueError) as exc:  # signed, but not a thin event
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:  # not a thin event
             raise BadWebhook(f"not a Stripe thin event: {exc}") from exc
     if notification is None:
         raise BadWebhook("no valid signature for this body (secret, timestamp or body)")
-    body = _json_object(payload)
     try:
         created = iso_time(notification.created)
     except (TypeError, ValueError) as exc:
