@@ -347,7 +347,12 @@ def cmd_webhooks(args: argparse.Namespace) -> None:
             return reader
 
         processor = WebhookProcessor(reader=get_reader, clock=lambda: datetime.now(UTC))
-        ids = [args.event] if args.event else await webhook_events.ids_with_status("failed", 1000)
+        stuck_before = datetime.now(UTC) - timedelta(minutes=5)
+        ids = (
+            [args.event]
+            if args.event
+            else await webhook_events.unsettled_ids(received_before=stuck_before, limit=1000)
+        )
         failures = 0
         try:
             for event_id in ids:
@@ -551,7 +556,11 @@ def build_parser() -> argparse.ArgumentParser:
     listed.add_argument("--limit", type=int, default=50)
     replay = webhook_actions.add_parser("replay", help="re-read and apply stored events again")
     replay.add_argument("event", nargs="?", help="a Stripe event id (evt_...)")
-    replay.add_argument("--failed", action="store_true", help="every event that failed")
+    replay.add_argument(
+        "--failed",
+        action="store_true",
+        help="every event that failed (or was left half-way by a crash 5+ minutes ago)",
+    )
     webhooks.set_defaults(func=cmd_webhooks)
 
     stripe_command = commands.add_parser("stripe", help="read Stripe's state into Meterline")

@@ -798,7 +798,7 @@ class StripeDouble:
             )
 
     def set_subscription_prices(self, sub_id: str, price_ids: list[str]) -> dict[str, Any]:
-        """Replace the items with one per price, keeping the current period."""
+        """Replace the items with one per price (created now), keeping the current period."""
         with self._lock:
             subscription = self._get("subscription", sub_id)
             prices = [self._get("price", price_id, param="price") for price_id in price_ids]
@@ -808,7 +808,10 @@ class StripeDouble:
                 if current
                 else _month_bounds(self._now())
             )
-            items = [self._subscription_item(sub_id, p, begin, end) for p in prices]
+            # New items are created now (as Stripe does on an update or a schedule's phase).
+            items = [
+                self._subscription_item(sub_id, p, begin, end, created=self._now()) for p in prices
+            ]
             subscription["items"].update(data=items, total_count=len(items))
             return self._render("subscription", subscription)
 
@@ -990,12 +993,18 @@ class StripeDouble:
     # internals: subscriptions and invoices
 
     def _subscription_item(
-        self, subscription_id: str, price: dict[str, Any], start: int, end: int
+        self,
+        subscription_id: str,
+        price: dict[str, Any],
+        start: int,
+        end: int,
+        *,
+        created: int | None = None,
     ) -> dict[str, Any]:
         item = _fixture("subscription_item")
         item.update(
             id=_new_id("si"),
-            created=start,
+            created=start if created is None else created,
             metadata={},
             price=price["id"],  # rendered as the price object
             quantity=None if _is_metered(price) else 1,

@@ -12,7 +12,12 @@ from meterline.billing.dunning import BillingStatus, dunning_from_invoices
 from meterline.db.batches import batch_id_of, batch_timestamp
 from meterline.services.invoices import grace_days, usage_month
 from meterline.services.stripe_setup import base_price_lookup_key, metered_price_lookup_key
-from meterline.services.subscriptions import effective_tier, missing_prices, tier_of
+from meterline.services.subscriptions import (
+    effective_tier,
+    missing_prices,
+    tier_of,
+    took_effect_at_month_start,
+)
 from meterline.stripe_gateway.mirror import InvoiceState, PriceRef
 
 NOV = date(2026, 11, 1)
@@ -102,7 +107,7 @@ def test_a_metered_price_never_names_the_tier() -> None:
     [
         ("active", Tier.STARTER, Tier.FREE, Tier.STARTER),
         ("past_due", Tier.PROFESSIONAL, Tier.STARTER, Tier.PROFESSIONAL),
-        ("paused", Tier.STARTER, Tier.STARTER, Tier.STARTER),
+        ("paused", Tier.STARTER, Tier.STARTER, Tier.FREE),  # no invoices while paused
         ("canceled", Tier.STARTER, Tier.STARTER, Tier.FREE),
         ("incomplete", Tier.STARTER, Tier.FREE, Tier.FREE),
         ("incomplete_expired", Tier.STARTER, Tier.FREE, Tier.FREE),
@@ -132,3 +137,40 @@ def test_the_usage_month_of_an_invoice_is_its_metered_lines_period() -> None:
     assert usage_month(invoice("subscription_cycle", [(dec_31, jan_1)])) == date(2026, 12, 1)
     assert usage_month(invoice("subscription_create", [(START, START)])) is None
     assert usage_month(invoice("manual", [])) is None
+
+
+def test_prices_whose_lookup_key_moved_are_known_by_their_metadata() -> None:
+    """`setup-stripe` moves a lookup key to a new price when the tiers table changes; the old
+    price keeps its metadata, and subscriptions on it keep their tier."""
+    base = PriceRef("price_old_base", None, metered=False, metadata={"meterline_tier": "starter"})
+    metered = [
+        PriceRef(
+            f"price_old_{e.value}",
+            None,
+            metered=True,
+            metadata={"meterline_tier": "starter", "meterline_event_type": e.value},
+        )
+        for e in EventType
+    ]
+    assert tier_of([base, *metered]) is Tier.STARTER
+    assert missing_prices(Tier.STARTER, [base, *metered]) == []
+    assert missing_prices(Tier.STARTER, [base, *metered[1:]]) == [
+        metered_price_lookup_key(Tier.STARTER, EventType.GUEST_INVITATION)
+    ]
+    # Metadata that contradicts the price's kind is not trusted.
+    odd = PriceRef("p", None, metered=True, metadata={"meterline_tier": "starter"})
+    assert tier_of([odd]) is None
+
+
+@pytest.mark.parametrize(
+    ("since", "expected"),
+    [
+        (datetime(2026, 12, 1, tzinfo=UTC), True),
+        (datetime(2026, 12, 1, 1, 59, 59, tzinfo=UTC), True),
+        (datetime(2026, 12, 1, 2, tzinfo=UTC), False),
+        (datetime(2026, 11, 30, 23, 59, 59, tzinfo=UTC), False),
+        (None, False),
+    ],
+)
+def test_a_change_took_effect_at_the_month_start(since: datetime | None, expected: bool) -> None:
+    assert took_effect_at_month_start(since, datetime(2026, 12, 1, 0, 30, tzinfo=UTC)) is expected

@@ -247,3 +247,26 @@ async def test_stored_events_can_be_listed(world: StripeWorld) -> None:
     await world.deliver(event)
     recent = await webhook_events.recent(100)
     assert event["id"] in [e.id for e in recent]
+
+
+async def test_replay_failed_also_takes_events_a_crash_left_half_way(
+    world: StripeWorld, database_url: str
+) -> None:
+    company_id, _, event = subscription_event(world)
+    world.double.fail("500", 1.0, path_prefix="/v1/subscriptions")
+    assert (await world.deliver(event)).status_code == 500
+    world.double.heal()
+    # As a process killed between storing and applying leaves it.
+    await sql.execute(
+        "UPDATE webhook_events SET status = 'received', received_at = now() - interval '6 min' "
+        "WHERE id = $1",
+        event["id"],
+    )
+    env = {
+        "DATABASE_URL": database_url,
+        "STRIPE_SECRET_KEY": world.double.api_key,
+        "STRIPE_API_BASE": world.double.url,
+    }
+    replayed = meterline("webhooks", "replay", "--failed", env=env)
+    assert f"{event['id']}: applied" in replayed.stdout, replayed.stderr
+    assert (await company_row(company_id)).tier is Tier.STARTER

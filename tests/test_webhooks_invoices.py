@@ -334,3 +334,24 @@ async def test_a_canceled_subscription_keeps_the_grace_its_tier_gave(world: Stri
     shown = await limits(world, company_id)
     assert shown["billingStatus"] == "PAST_DUE"
     assert shown["graceEndsAt"] == (NOV_1 + timedelta(hours=2, days=14)).isoformat()
+
+
+async def test_invoices_acknowledged_before_the_link_are_mirrored_when_it_comes(
+    world: StripeWorld,
+) -> None:
+    from tests.test_webhooks_subscriptions import checkout_completed
+
+    company_id = uuid.uuid4()
+    customer = world.double.add_customer()
+    # A checkout whose subscription carries no company: only the session names it.
+    subscription = world.double.add_subscription(customer, world.tier_prices(Tier.STARTER))
+    world.clock.set(NOV_1 + timedelta(hours=1))
+    invoice = world.double.invoice_for_month(subscription, ts(OCT_1))
+    world.double.fail_invoice_payment(invoice)
+    early = await world.send("invoice.payment_failed", invoice)
+    assert early.json()["status"] == "ignored"  # nobody to link it to yet
+    response = await world.deliver(checkout_completed(world, subscription, company_id))
+    assert response.json()["status"] == "applied"
+    assert [i["id"] for i in await history(world, company_id)] == [invoice]
+    # Its failed attempt counts (from the invoice's finalisation: the list says no more).
+    assert (await limits(world, company_id))["billingStatus"] == "PAST_DUE"

@@ -111,11 +111,14 @@ async def test_paused_shows_in_the_status(world: StripeWorld) -> None:
     await world.send("customer.subscription.created", subscription)
     world.double.update_subscription(subscription, status="paused")
     await world.send("customer.subscription.paused", subscription)
+    # Stripe issues no invoice while paused: usage then would never be billed, so the company
+    # is held to the free tier (capped, local) until it resumes.
     shown = await limits(world, company_id)
-    assert (shown["tier"], shown["subscriptionStatus"]) == ("STARTER", "PAUSED")
+    assert (shown["tier"], shown["subscriptionStatus"]) == ("FREE", "PAUSED")
     world.double.update_subscription(subscription, status="active")
     await world.send("customer.subscription.resumed", subscription)
-    assert (await limits(world, company_id))["subscriptionStatus"] == "ACTIVE"
+    shown = await limits(world, company_id)
+    assert (shown["tier"], shown["subscriptionStatus"]) == ("STARTER", "ACTIVE")
 
 
 async def test_a_subscription_missing_a_metered_price_is_flagged(world: StripeWorld) -> None:
@@ -335,3 +338,123 @@ async def test_operators_see_and_resolve_flags(world: StripeWorld, database_url:
     assert await open_flag_kinds(company_id) == set()
     again = meterline("stripe", "flags", "--resolve", flag_id, env=env)
     assert again.returncode != 0 and "no open flag" in again.stderr
+
+
+async def test_when_the_current_subscription_ends_a_still_live_one_takes_over(
+    world: StripeWorld,
+) -> None:
+    company_id = uuid.uuid4()
+    customer, first = world.subscribe(company_id, Tier.STARTER)
+    await world.send("customer.subscription.created", first)
+    world.clock.set(NOV_20 + timedelta(hours=1))
+    _, second = world.subscribe(company_id, Tier.STARTER, customer=customer)  # a 2nd checkout
+    await world.send("customer.subscription.created", second)
+    assert (await company_row(company_id)).stripe_subscription_id == second
+    assert Flag.SECOND_LIVE in await open_flag_kinds(company_id)
+    world.double.cancel_subscription(second)  # support cancels the duplicate
+    await world.send("customer.subscription.deleted", second)
+    company = await company_row(company_id)
+    assert (company.tier, company.stripe_subscription_id) == (Tier.STARTER, first)
+
+
+async def record_at(
+    company_id: uuid.UUID, event_type: EventType, quantity: int, now: datetime
+) -> str:
+    outcome = await usage.record_usage(
+        company_id,
+        usage.RecordRequest(event_type=event_type, quantity=quantity),
+        now=now,
+        late_grace_hours=1,
+    )
+    assert isinstance(outcome, usage.Recorded), outcome
+    return outcome.event.sync_state
+
+
+async def rollup_tiers(company_id: uuid.UUID) -> set[str]:
+    rows = await sql.fetch(
+        "SELECT DISTINCT tier FROM usage_rollups WHERE company_id = $1 AND month = $2",
+        company_id,
+        datetime(2026, 12, 1, tzinfo=UTC).date(),
+    )
+    return {r["tier"] for r in rows}
+
+
+async def test_a_cancellation_at_period_end_prices_the_new_month_as_free(
+    world: StripeWorld,
+) -> None:
+    company_id = uuid.uuid4()
+    _, subscription = world.subscribe(company_id, Tier.STARTER)
+    await world.send("customer.subscription.created", subscription)
+    dec_1 = datetime(2026, 12, 1, tzinfo=UTC)
+    # Stripe ends it at 00:00 on the 1st; usage recorded before the event arrives opened
+    # December at the paid tier, with no cap, and pending for Stripe.
+    assert (
+        await record_at(company_id, EventType.GUEST_INVITATION, 80, dec_1 + timedelta(minutes=3))
+        == "pending"
+    )
+    world.clock.set(dec_1)
+    world.double.cancel_subscription(subscription)
+    world.clock.set(dec_1 + timedelta(minutes=20))
+    await world.send("customer.subscription.deleted", subscription)
+    assert (await company_row(company_id)).tier is Tier.FREE
+    assert await rollup_tiers(company_id) == {"free"}
+    state = await sql.fetchrow(
+        "SELECT sync_state FROM usage_events WHERE company_id = $1", company_id
+    )
+    assert state is not None and state["sync_state"] == "local_only"  # no subscription bills it
+    # Free's cap (50) holds from now on; what was recorded stays recorded.
+    refused = await usage.record_usage(
+        company_id,
+        usage.RecordRequest(event_type=EventType.GUEST_INVITATION, quantity=1),
+        now=world.clock(),
+        late_grace_hours=1,
+    )
+    assert isinstance(refused, usage.LimitExceeded)
+
+
+async def test_a_change_on_the_first_reprices_the_month_and_a_change_mid_month_is_flagged(
+    world: StripeWorld,
+) -> None:
+    company_id = uuid.uuid4()
+    _, subscription = world.subscribe(company_id, Tier.PROFESSIONAL)
+    await world.send("customer.subscription.created", subscription)
+    dec_1 = datetime(2026, 12, 1, tzinfo=UTC)
+    await record_at(company_id, EventType.SMS_SENT, 10, dec_1 + timedelta(minutes=1))
+    world.clock.set(dec_1)  # a scheduled downgrade's phase starts on the 1st
+    world.double.set_subscription_prices(subscription, world.tier_prices(Tier.STARTER))
+    world.clock.set(dec_1 + timedelta(minutes=5))
+    await world.send("customer.subscription.updated", subscription)
+    assert (await company_row(company_id)).tier is Tier.STARTER
+    assert await rollup_tiers(company_id) == {"starter"}
+    assert Flag.TIER_CHANGED_IN_STRIPE not in await open_flag_kinds(company_id)
+    # In the middle of the month, from Stripe's dashboard: applied, flagged, month kept.
+    world.clock.set(dec_1 + timedelta(days=9))
+    world.double.set_subscription_prices(subscription, world.tier_prices(Tier.ENTERPRISE))
+    await world.send("customer.subscription.updated", subscription)
+    assert (await company_row(company_id)).tier is Tier.ENTERPRISE
+    assert await rollup_tiers(company_id) == {"starter"}
+    assert Flag.TIER_CHANGED_IN_STRIPE in await open_flag_kinds(company_id)
+
+
+async def test_an_event_recorded_as_local_while_the_subscription_arrived_still_reaches_stripe(
+    world: StripeWorld,
+) -> None:
+    company_id = uuid.uuid4()
+    customer, subscription = world.subscribe(company_id, Tier.STARTER, start=NOV_20)
+    world.clock.set(NOV_20 + timedelta(minutes=1))
+    await world.send("customer.subscription.created", subscription)
+    # The race: a request that read the company as free commits after the switch.
+    await sql.execute(
+        "INSERT INTO usage_events (id, company_id, event_type, quantity, occurred_at, month, "
+        "sync_state) VALUES ($1, $2, 'sms_sent', 7, $3, $4, 'local_only')",
+        uuid.uuid4(),
+        company_id,
+        NOV_20 + timedelta(seconds=30),
+        NOV_20.date().replace(day=1),
+    )
+    client = make_client(world.api.settings, timeout=5.0)
+    try:
+        await SyncJob(client=client, clock=world.clock, company_ids=[company_id]).run()
+    finally:
+        await close_client(client)
+    assert world.double.meter_total(customer, "sms_sent") == 7

@@ -94,3 +94,16 @@ async def for_company(company_id: uuid.UUID) -> list[SubscriptionMirror]:
         company_id,
     )
     return [_mirror(r) for r in rows]
+
+
+async def newest_live(
+    company_id: uuid.UUID, live_statuses: frozenset[str], *, exclude: str
+) -> SubscriptionMirror | None:
+    row = await sql.fetchrow(
+        f"SELECT {_COLUMNS} FROM subscriptions WHERE company_id = $1 AND status = ANY($2) "
+        f"AND id <> $3 ORDER BY created DESC LIMIT 1",
+        company_id,
+        list(live_statuses),
+        exclude,
+    )
+    return _mirror(row) if row else None

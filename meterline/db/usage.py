@@ -262,13 +262,15 @@ async def release_local_events(company_id: uuid.UUID, from_month: date) -> int:
 
 
 async def reprice_rollups(company_id: uuid.UUID, from_month: date) -> int:
-    """Free -> paid: the months from `from_month` on are priced by the company's current tier
-    (its allowance and cap are copied into those months' rollups again). Returns how many."""
+    """A tier change that prices a whole month (free -> paid, or a change on the 1st): the
+    months from `from_month` on are priced by the company's current tier (its allowance and
+    cap are copied into those months' rollups again). Returns how many."""
     status = await sql.execute(
         """
         UPDATE usage_rollups r
         SET tier = t.name, included = a.included, unit_price = a.unit_price,
-            cap = CASE WHEN t.hard_cap THEN a.included END
+            -- what is recorded stays recorded: a capped month never starts above its cap
+            cap = CASE WHEN t.hard_cap THEN greatest(a.included, r.used) END
         FROM companies c
         JOIN tiers t ON t.name = c.tier
         JOIN tier_allowances a ON a.tier = t.name
@@ -276,5 +278,36 @@ async def reprice_rollups(company_id: uuid.UUID, from_month: date) -> int:
         """,
         company_id,
         from_month,
+    )
+    return int(status.split()[-1])
+
+
+async def withhold_pending_events(company_id: uuid.UUID, from_month: date) -> int:
+    """Paid -> free on the 1st: the month's events not yet sent stay here (no subscription
+    would bill them)."""
+    status = await sql.execute(
+        "UPDATE usage_events SET sync_state = 'local_only' "
+        "WHERE company_id = $1 AND month >= $2 AND sync_state = 'pending'",
+        company_id,
+        from_month,
+    )
+    return int(status.split()[-1])
+
+
+async def release_stranded_events(month: date) -> int:
+    """`local_only` events of companies that pay, from `month` (and from their paid start):
+    recorded by a request that read the company as free just before its subscription
+    arrived. The sync job runs this first, so such an event still reaches Stripe."""
+    status = await sql.execute(
+        """
+        UPDATE usage_events e SET sync_state = 'pending'
+        FROM companies c
+        WHERE c.stripe_customer_id IS NOT NULL AND c.tier <> $2
+          AND e.company_id = c.id AND e.sync_state = 'local_only' AND e.month >= $1
+          AND e.month >= date_trunc('month', coalesce(c.usage_stamped_from, '-infinity')
+                                    AT TIME ZONE 'UTC')::date
+        """,
+        month,
+        Tier.FREE.value,
     )
     return int(status.split()[-1])

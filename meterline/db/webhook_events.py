@@ -115,10 +115,13 @@ async def mark_failed(event_id: str, *, error: str) -> None:
     )
 
 
-async def ids_with_status(status: str, limit: int) -> list[str]:
+async def unsettled_ids(*, received_before: datetime, limit: int) -> list[str]:
+    """Events to apply again: `failed` ones, and `received` ones left by a process that died
+    while applying them (received before `received_before`)."""
     rows = await sql.fetch(
-        "SELECT id FROM webhook_events WHERE status = $1 ORDER BY created, id LIMIT $2",
-        status,
+        "SELECT id FROM webhook_events WHERE status = 'failed' "
+        "OR (status = 'received' AND received_at < $1) ORDER BY created, id LIMIT $2",
+        received_before,
         limit,
     )
     return [r["id"] for r in rows]

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 import stripe
 
 from meterline.billing.periods import month_of
-from meterline.db import batches
+from meterline.db import batches, usage
 from meterline.db.batches import Batch, Group
 from meterline.stripe_gateway.meter_events import (
     Outcome,
@@ -103,6 +103,10 @@ class SyncJob:
         deadline = started + self.budget.total_seconds()
         report = SyncReport()
         limit = asyncio.Semaphore(self.concurrency)
+        # Events a request recorded as local while the company's subscription was arriving.
+        stranded = await usage.release_stranded_events(month_of(self.clock()))
+        if stranded:
+            logger.warning("%d events of paying companies were local only: now pending", stranded)
 
         async def in_budget(work: Callable[[], Awaitable[None]]) -> None:
             # A batch is leased (or claimed) only when a slot is free and the budget is not

@@ -51,6 +51,7 @@ BASE_FEES: Mapping[Tier, Decimal] = {
 CUSTOMER_PAYLOAD_KEY = "stripe_customer_id"
 VALUE_PAYLOAD_KEY = "value"
 PRODUCT_METADATA_KEY = "meterline_tier"
+EVENT_TYPE_METADATA_KEY = "meterline_event_type"
 PRODUCT_NAME = "WeddingFlow Pro"
 # USD amounts are sent to Stripe in cents.
 MINOR_UNITS_PER_UNIT = Decimal(100)
@@ -179,7 +180,7 @@ class DesiredPrice:
     def metadata(self) -> dict[str, str]:
         data = {PRODUCT_METADATA_KEY: self.tier.value}
         if self.event_type is not None:
-            data["meterline_event_type"] = self.event_type.value
+            data[EVENT_TYPE_METADATA_KEY] = self.event_type.value
         return data
 
 

@@ -13,21 +13,27 @@ import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from meterline.billing.catalog import EventType, Tier
-from meterline.billing.periods import month_of
+from meterline.billing.periods import month_of, month_start
 from meterline.db import companies, flags, subscriptions, usage
 from meterline.db.companies import Company
 from meterline.db.subscriptions import SubscriptionMirror
-from meterline.services.stripe_setup import base_price_lookup_key, metered_price_lookup_key
+from meterline.services.stripe_setup import (
+    EVENT_TYPE_METADATA_KEY,
+    PRODUCT_METADATA_KEY,
+    base_price_lookup_key,
+    metered_price_lookup_key,
+)
 from meterline.stripe_gateway.mirror import PriceRef, SubscriptionState
 
 logger = logging.getLogger(__name__)
 
 # Statuses in which a subscription bills its tier. `incomplete` has not been paid once yet;
-# `canceled` and `incomplete_expired` are over.
-LIVE_STATUSES = frozenset({"active", "trialing", "past_due", "unpaid", "paused"})
+# `paused` issues no invoices (usage then would never be billed: the company is capped as free
+# until it resumes); `canceled` and `incomplete_expired` are over.
+LIVE_STATUSES = frozenset({"active", "trialing", "past_due", "unpaid"})
 
 
 class Flag:
@@ -46,23 +52,46 @@ class Flag:
 class Outcome:
     applied: bool  # False: refused or not ours, see `note`
     note: str | None = None
+    newly_linked: str | None = None  # a customer linked to its company by this event
 
 
 # --- pure decisions -----------------------------------------------------------------------------
 
 
+PriceRole = tuple[Tier, EventType | None]  # (tier, None): a base price; else a metered one
+
+
+def price_role(price: PriceRef) -> PriceRole | None:
+    """What a price is for Meterline: from the metadata `setup-stripe` puts on its prices
+    (which stays when a price change moves the lookup key to a new price, so subscriptions on
+    the old price are still known), else from the lookup key. None: not one of ours."""
+    tiers = {t.value: t for t in Tier if t is not Tier.FREE}
+    events = {e.value: e for e in EventType}
+    tier = tiers.get(price.metadata.get(PRODUCT_METADATA_KEY, ""))
+    if tier is not None:
+        event = events.get(price.metadata.get(EVENT_TYPE_METADATA_KEY, ""))
+        return (tier, event) if price.metered == (event is not None) else None
+    for tier in tiers.values():
+        if price.lookup_key == base_price_lookup_key(tier) and not price.metered:
+            return tier, None
+        for event in events.values():
+            if price.lookup_key == metered_price_lookup_key(tier, event) and price.metered:
+                return tier, event
+    return None
+
+
 def tier_of(prices: Sequence[PriceRef]) -> Tier | None:
-    """The tier whose base price (lookup key `tier_<name>`) the subscription carries."""
-    keys = {p.lookup_key for p in prices if not p.metered}
-    return next((t for t in Tier if t is not Tier.FREE and base_price_lookup_key(t) in keys), None)
+    """The tier whose base price the subscription carries."""
+    roles = [price_role(p) for p in prices]
+    return next((role[0] for role in roles if role is not None and role[1] is None), None)
 
 
 def missing_prices(tier: Tier, prices: Sequence[PriceRef]) -> list[str]:
     """Lookup keys of the tier's prices the subscription lacks (DESIGN: a complete subscription
     has the base price and the metered price of every event type)."""
-    have = {p.lookup_key for p in prices}
-    wanted = [base_price_lookup_key(tier)] + [metered_price_lookup_key(tier, e) for e in EventType]
-    return [key for key in wanted if key not in have]
+    have = {price_role(p) for p in prices}
+    missing = [] if (tier, None) in have else [base_price_lookup_key(tier)]
+    return missing + [metered_price_lookup_key(tier, e) for e in EventType if (tier, e) not in have]
 
 
 def company_named(metadata: Mapping[str, str]) -> uuid.UUID | None:
@@ -163,47 +192,111 @@ async def apply_subscription(
             company_id=company_id,
             now=now,
         )
-    await _make_current(company, state, effective_tier(state.status, tier, company.tier), now)
-    return Outcome(True)
+    becoming = _becoming(state, effective_tier(state.status, tier, company.tier), now)
+    if state.status not in LIVE_STATUSES:
+        # The current subscription ended: another one still live (a second checkout) bills
+        # the company now.
+        other = await subscriptions.newest_live(company_id, LIVE_STATUSES, exclude=state.id)
+        if other is not None:
+            becoming = _becoming_from_mirror(other, company.tier)
+    await _make_current(company, becoming, now)
+    return Outcome(
+        True, newly_linked=state.customer if company.stripe_customer_id is None else None
+    )
 
 
-async def _make_current(
-    company: Company, state: SubscriptionState, tier: Tier, now: datetime
-) -> None:
-    starts_paying = company.tier is Tier.FREE and tier is not Tier.FREE
-    stamped_from = max(state.start_date, state.created) if starts_paying else None
-    await companies.set_subscription(
-        company.id,
-        customer_id=state.customer,
+@dataclass(frozen=True)
+class Becoming:
+    """The company's current subscription after this event, and what that means for it."""
+
+    subscription_id: str
+    customer: str
+    status: str
+    tier: Tier
+    paying_from: datetime  # when it started billing (the free -> paid stamp)
+    tier_since: datetime | None  # when that tier took effect in Stripe, when known
+
+
+def _becoming(state: SubscriptionState, tier: Tier, now: datetime) -> Becoming:
+    live = state.status in LIVE_STATUSES
+    return Becoming(
         subscription_id=state.id,
+        customer=state.customer,
         status=state.status,
         tier=tier,
+        # A resumed subscription's period restarts at the resumption: usage stamped before it
+        # (while paused) would not be billed.
+        paying_from=max(
+            state.start_date, state.created, state.current_period_start or state.created
+        ),
+        tier_since=state.base_price_since if live else (state.ended_at or now),
+    )
+
+
+def _becoming_from_mirror(mirror: SubscriptionMirror, current: Tier) -> Becoming:
+    return Becoming(
+        subscription_id=mirror.id,
+        customer=mirror.customer_id,
+        status=mirror.status,
+        tier=mirror.tier or current,
+        paying_from=max(mirror.start_date, mirror.created),
+        tier_since=None,
+    )
+
+
+# A change Stripe applies at a period start (a scheduled change, a cancellation at period end)
+# reaches us within its renewal processing: a change seen this close to the 1st took effect on it.
+AT_MONTH_START = timedelta(hours=2)
+
+
+def took_effect_at_month_start(since: datetime | None, now: datetime) -> bool:
+    start = month_start(month_of(now))
+    return since is not None and start <= since < start + AT_MONTH_START
+
+
+async def _make_current(company: Company, becoming: Becoming, now: datetime) -> None:
+    old, new = company.tier, becoming.tier
+    starts_paying = old is Tier.FREE and new is not Tier.FREE
+    stamped_from = becoming.paying_from if starts_paying else None
+    await companies.set_subscription(
+        company.id,
+        customer_id=becoming.customer,
+        subscription_id=becoming.subscription_id,
+        status=becoming.status,
+        tier=new,
         usage_stamped_from=stamped_from,
     )
+    this_month = month_of(now)
     if stamped_from is not None:
         # The current month only (DESIGN): a closed month is invoiced already.
-        month = max(month_of(stamped_from), month_of(now))
+        month = max(month_of(stamped_from), this_month)
         repriced = await usage.reprice_rollups(company.id, month)
         released = await usage.release_local_events(company.id, month)
         logger.info(
             "company %s starts paying (%s) from %s: %d events released to Stripe, %d rollups "
             "repriced",
             company.id,
-            tier.value,
+            new.value,
             stamped_from.isoformat(),
             released,
             repriced,
         )
-    elif company.tier is not Tier.FREE and tier not in (Tier.FREE, company.tier):
-        # Meterline changes tiers on the 1st (issue 5); a change made in Stripe mid-month
-        # prices the month differently there than here.
+    elif old is not new and took_effect_at_month_start(becoming.tier_since, now):
+        # On the 1st, as Meterline schedules changes: events recorded since 00:00, before this
+        # event arrived, opened the month at the old tier. Stripe prices the month by the new
+        # one, and so must we; a company that stopped paying keeps this month here.
+        await usage.reprice_rollups(company.id, this_month)
+        if new is Tier.FREE:
+            await usage.withhold_pending_events(company.id, this_month)
+    elif old is not new:
         message = (
-            f"subscription {state.id} moved company {company.id} from {company.tier.value} to "
-            f"{tier.value} as Stripe reports it; this month's rollups keep {company.tier.value}"
+            f"subscription {becoming.subscription_id} moved company {company.id} from "
+            f"{old.value} to {new.value} in the middle of the month as Stripe reports it; this "
+            f"month's usage stays priced at {old.value} here, Stripe prices it its own way"
         )
         await flags.raise_flag(
             kind=Flag.TIER_CHANGED_IN_STRIPE,
-            object_id=state.id,
+            object_id=becoming.subscription_id,
             message=message,
             company_id=company.id,
             now=now,

@@ -20,6 +20,7 @@ from meterline.db import companies, webhook_events
 from meterline.db.engine import DB
 from meterline.db.stripe_reads import next_read_seq
 from meterline.db.webhook_events import StoredWebhookEvent
+from meterline.services.backfill import assumed_failure
 from meterline.services.invoices import apply_invoice
 from meterline.services.meter_errors import record_meter_errors
 from meterline.services.subscriptions import Outcome, apply_subscription, company_named
@@ -133,7 +134,22 @@ class WebhookProcessor:
             outcome = await step()
             status = "applied" if outcome.applied else "ignored"
             await webhook_events.mark_applied(stored.id, status=status, now=now, note=outcome.note)
+        if outcome.newly_linked is not None:
+            await self._mirror_invoices_of(outcome.newly_linked)
         return status, False
+
+    async def _mirror_invoices_of(self, customer: str) -> None:
+        """A customer just linked to its company: its invoices that came before (acknowledged
+        then as of an unknown customer) are mirrored now. Best effort: the event is applied."""
+        try:
+            read_seq = await next_read_seq()
+            for state in await self.reader().customer_invoices(customer):
+                async with DB.transaction():
+                    await apply_invoice(
+                        state, read_seq=read_seq, now=self.clock(), failed_at=assumed_failure(state)
+                    )
+        except Exception:
+            logger.warning("could not mirror the invoices of customer %s", customer, exc_info=True)
 
     async def _prepare(self, stored: StoredWebhookEvent) -> Step:
         now = self.clock()

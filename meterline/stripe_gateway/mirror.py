@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +33,7 @@ class PriceRef:
     id: str
     lookup_key: str | None
     metered: bool
+    metadata: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class SubscriptionState:
     current_period_end: datetime | None
     cancel_at_period_end: bool
     prices: tuple[PriceRef, ...]
+    ended_at: datetime | None = None
+    base_price_since: datetime | None = None  # when its base (licensed) price item was added
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,7 @@ def _price(price: Any) -> PriceRef:
         id=str(price.id),
         lookup_key=optional(price, "lookup_key"),
         metered=optional(recurring, "usage_type") == "metered",
+        metadata=_metadata(price),
     )
 
 
@@ -152,6 +156,13 @@ def subscription_state(sub: stripe.Subscription) -> SubscriptionState:
         current_period_end=_ts(max(ends)) if ends else None,
         cancel_at_period_end=bool(optional(sub, "cancel_at_period_end")),
         prices=tuple(_price(i.price) for i in items),
+        ended_at=_ts(optional(sub, "ended_at")),
+        base_price_since=_ts(
+            min(
+                (int(i.created) for i in items if not _price(i.price).metered and i.created),
+                default=None,
+            )
+        ),
     )
 
 
@@ -322,6 +333,20 @@ class StripeReader:
             raise _failure(exc) from exc
         states = [subscription_state(sub) for sub in page.data]
         return states, (states[-1].id if page.has_more and states else None)
+
+    async def customer_invoices(self, customer: str) -> list[InvoiceState]:
+        """A customer's latest invoices (one page: those a new link may have missed)."""
+        try:
+            page = await self._client.v1.invoices.list_async(
+                {"customer": customer, "limit": PAGE_SIZE}
+            )
+            states = []
+            for invoice in page.data:
+                lines = await self._lines(invoice)
+                states.append(invoice_state(invoice, lines, await self._line_prices(lines)))
+        except stripe.StripeError as exc:
+            raise _failure(exc) from exc
+        return states
 
     async def invoices_page(self, after: str | None) -> tuple[list[InvoiceState], str | None]:
         """One page of every invoice of the account, newest first, and the next cursor."""
