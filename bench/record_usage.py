@@ -565,13 +565,34 @@ def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def write_results(report: dict[str, Any]) -> None:
+# The other benchmarks write their figures under these keys of the same file.
+SECTIONS = ("sync", "webhooks")
+
+
+def _existing_results() -> dict[str, Any]:
+    try:
+        existing = json.loads(RESULTS_FILE.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return existing if isinstance(existing, dict) else {}
+
+
+def _replace_results(results: dict[str, Any]) -> None:
     RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):  # keep bench.sync's key
-        report = {**report, "sync": json.loads(RESULTS_FILE.read_text())["sync"]}
-    partial = RESULTS_FILE.with_suffix(".json.tmp")
-    partial.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    partial = RESULTS_FILE.with_suffix(f".json.{os.getpid()}.tmp")
+    partial.write_text(json.dumps(results, indent=2, default=str) + "\n")
     partial.replace(RESULTS_FILE)
+
+
+def write_results(report: dict[str, Any]) -> None:
+    """recordUsage's figures at the top level of latest.json, the other sections kept."""
+    kept = {k: v for k, v in _existing_results().items() if k in SECTIONS}
+    _replace_results({**report, **kept})
+
+
+def write_section(key: str, report: dict[str, Any]) -> None:
+    """Another benchmark's figures under `key` of latest.json, everything else kept."""
+    _replace_results({**_existing_results(), key: report})
 
 
 # --- main ------------------------------------------------------------------------------------

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
-import json
 import os
 import shlex
 import shutil
@@ -64,6 +63,7 @@ from bench.record_usage import (
     redacted,
     stop_embedded,
     with_database,
+    write_section,
 )
 from meterline.billing.catalog import EventType, Tier
 from meterline.billing.periods import month_of
@@ -419,18 +419,7 @@ def print_report(report: dict[str, Any], series: list[Series]) -> None:
 
 
 def write_results(report: dict[str, Any]) -> None:
-    """Merge under "sync" into latest.json, keeping what bench.record_usage wrote there."""
-    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        existing = json.loads(RESULTS_FILE.read_text())
-    except (FileNotFoundError, ValueError):
-        existing = {}
-    if not isinstance(existing, dict):
-        existing = {}
-    existing["sync"] = report
-    partial = RESULTS_FILE.with_suffix(f".json.{os.getpid()}.tmp")
-    partial.write_text(json.dumps(existing, indent=2, default=str) + "\n")
-    partial.replace(RESULTS_FILE)
+    write_section("sync", report)
 
 
 # --- main ------------------------------------------------------------------------------------

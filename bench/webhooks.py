@@ -91,6 +91,7 @@ from bench.record_usage import (
     stop_server,
     wait_ready,
     with_database,
+    write_section,
 )
 from meterline.billing.catalog import EventType, Tier
 from meterline.config import Settings
@@ -700,18 +701,7 @@ def print_report(report: dict[str, Any]) -> None:
 
 
 def write_results(report: dict[str, Any]) -> None:
-    """Merge under "webhooks" into latest.json, keeping what the other benchmarks wrote."""
-    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        existing = json.loads(RESULTS_FILE.read_text())
-    except (FileNotFoundError, ValueError):
-        existing = {}
-    if not isinstance(existing, dict):
-        existing = {}
-    existing["webhooks"] = report
-    partial = RESULTS_FILE.with_suffix(f".json.{os.getpid()}.tmp")
-    partial.write_text(json.dumps(existing, indent=2, default=str) + "\n")
-    partial.replace(RESULTS_FILE)
+    write_section("webhooks", report)
 
 
 # --- main ------------------------------------------------------------------------------------

@@ -220,7 +220,7 @@ async def test_checkout_completed_links_the_subscription(world: StripeWorld) -> 
 
 async def record(
     company_id: uuid.UUID, event_type: EventType, quantity: int, now: datetime
-) -> None:
+) -> usage.Recorded:
     outcome = await usage.record_usage(
         company_id,
         usage.RecordRequest(event_type=event_type, quantity=quantity),
@@ -228,6 +228,7 @@ async def record(
         late_grace_hours=1,
     )
     assert isinstance(outcome, usage.Recorded), outcome
+    return outcome
 
 
 async def test_free_to_paid_mid_month_sends_the_months_events_stamped_at_the_start(
@@ -360,14 +361,7 @@ async def test_when_the_current_subscription_ends_a_still_live_one_takes_over(
 async def record_at(
     company_id: uuid.UUID, event_type: EventType, quantity: int, now: datetime
 ) -> str:
-    outcome = await usage.record_usage(
-        company_id,
-        usage.RecordRequest(event_type=event_type, quantity=quantity),
-        now=now,
-        late_grace_hours=1,
-    )
-    assert isinstance(outcome, usage.Recorded), outcome
-    return outcome.event.sync_state
+    return (await record(company_id, event_type, quantity, now)).event.sync_state
 
 
 async def rollup_tiers(company_id: uuid.UUID) -> set[str]:

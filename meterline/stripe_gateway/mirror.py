@@ -293,6 +293,13 @@ class StripeReader:
             raise _failure(exc) from exc
         return invoice_state(invoice, lines, prices)
 
+    async def _invoice_states(self, page: list[stripe.Invoice]) -> list[InvoiceState]:
+        states = []
+        for invoice in page:
+            lines = await self._lines(invoice)
+            states.append(invoice_state(invoice, lines, await self._line_prices(lines)))
+        return states
+
     async def _lines(self, invoice: stripe.Invoice) -> list[Any]:
         page = invoice.lines
         lines = list(page.data)
@@ -340,13 +347,9 @@ class StripeReader:
             page = await self._client.v1.invoices.list_async(
                 {"customer": customer, "limit": PAGE_SIZE}
             )
-            states = []
-            for invoice in page.data:
-                lines = await self._lines(invoice)
-                states.append(invoice_state(invoice, lines, await self._line_prices(lines)))
+            return await self._invoice_states(page.data)
         except stripe.StripeError as exc:
             raise _failure(exc) from exc
-        return states
 
     async def invoices_page(self, after: str | None) -> tuple[list[InvoiceState], str | None]:
         """One page of every invoice of the account, newest first, and the next cursor."""
@@ -355,10 +358,7 @@ class StripeReader:
             params["starting_after"] = after
         try:
             page = await self._client.v1.invoices.list_async(params)  # type: ignore[arg-type]
-            states = []
-            for invoice in page.data:
-                lines = await self._lines(invoice)
-                states.append(invoice_state(invoice, lines, await self._line_prices(lines)))
+            states = await self._invoice_states(page.data)
         except stripe.StripeError as exc:
             raise _failure(exc) from exc
         return states, (states[-1].id if page.has_more and states else None)
