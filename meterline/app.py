@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
 MAX_BODY_BYTES = 1024 * 1024  # far above any legitimate document, batch or Stripe event
-WEBHOOK_REREAD_TIMEOUT_SECONDS = 8.0
+STRIPE_CALL_TIMEOUT_SECONDS = 8.0
 
 
 def utc_now() -> datetime:
@@ -96,9 +96,10 @@ def create_app(
     """`manage_database=False` leaves the pool to the caller (tests open it on their loop)."""
     verifier = TokenVerifier(settings)
     schema = build_schema(introspection=settings.is_development)
-    # For the webhook handlers' re-reads: Stripe counts a slow answer as a failed delivery and
-    # retries it, so a re-read that slow is better failed (stored with its error) early.
-    stripe_client = SharedClient(settings, timeout=WEBHOOK_REREAD_TIMEOUT_SECONDS)
+    # For the webhook handlers' re-reads and the subscription mutations. Stripe counts a slow
+    # answer as a failed delivery and retries it, so a re-read that slow is better failed
+    # (stored with its error) early; an admin's click too.
+    stripe_client = SharedClient(settings, timeout=STRIPE_CALL_TIMEOUT_SECONDS)
 
     async def graphql_context(request: Request[Any, Any, Any]) -> Context:
         request_id = request.scope.get("state", {}).get("request_id") or uuid.uuid4().hex
@@ -118,6 +119,7 @@ def create_app(
             settings=settings,
             clock=clock,
             request_id=request_id,
+            stripe=stripe_client,
         )
 
     strawberry_controller = make_graphql_controller(

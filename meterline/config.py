@@ -57,6 +57,11 @@ class Settings:
     stripe_webhook_secret: str | None = None
     stripe_thin_webhook_secret: str | None = None
     cron_secret: str | None = None
+    # Where Stripe Checkout sends the customer back (the frontend's billing page).
+    checkout_success_url: str | None = None
+    checkout_cancel_url: str | None = None
+    # Origins a billing portal's `returnUrl` may point to (no open redirect through Stripe).
+    billing_return_origins: tuple[str, ...] = ()
     sync_budget_seconds: int = 25  # how long one /cron/sync-usage call may work
     # Operations
     metrics_token: str | None = None
@@ -122,6 +127,13 @@ class Settings:
             stripe_webhook_secret=_opt(env, "STRIPE_WEBHOOK_SECRET"),
             stripe_thin_webhook_secret=_opt(env, "STRIPE_THIN_WEBHOOK_SECRET"),
             cron_secret=_opt(env, "CRON_SECRET"),
+            checkout_success_url=_opt(env, "CHECKOUT_SUCCESS_URL"),
+            checkout_cancel_url=_opt(env, "CHECKOUT_CANCEL_URL"),
+            billing_return_origins=tuple(
+                o.strip().rstrip("/")
+                for o in (_opt(env, "BILLING_RETURN_ORIGINS") or "").split(",")
+                if o.strip()
+            ),
             sync_budget_seconds=_int(env, "SYNC_BUDGET_SECONDS", 25, minimum=1),
             metrics_token=_opt(env, "METRICS_TOKEN"),
             late_usage_grace_hours=_int(env, "LATE_USAGE_GRACE_HOURS", 1),

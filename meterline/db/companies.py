@@ -14,7 +14,8 @@ from meterline.db import sql
 
 _COLUMNS = (
     "id, tier, stripe_customer_id, stripe_subscription_id, past_due_since, grace_ends_at, "
-    "restricted, dunning_cleared_at, subscription_status, usage_stamped_from, created_at"
+    "restricted, dunning_cleared_at, subscription_status, usage_stamped_from, scheduled_tier, "
+    "created_at"
 )
 
 
@@ -29,6 +30,7 @@ class Company:
     subscription_status: str | None = None  # Stripe's status of the current subscription
     usage_stamped_from: datetime | None = None
     dunning_cleared_at: datetime | None = None
+    scheduled_tier: Tier | None = None  # a change Meterline scheduled for the next 1st
 
     @property
     def bills_usage(self) -> bool:
@@ -47,6 +49,7 @@ def _company(row: asyncpg.Record) -> Company:
         subscription_status=row["subscription_status"],
         usage_stamped_from=row["usage_stamped_from"],
         dunning_cleared_at=row["dunning_cleared_at"],
+        scheduled_tier=Tier(row["scheduled_tier"]) if row["scheduled_tier"] else None,
     )
 
 
@@ -160,7 +163,10 @@ async def set_subscription(
         row = await sql.fetchrow(
             f"UPDATE companies SET stripe_customer_id = $2, stripe_subscription_id = $3, "
             f"subscription_status = $4, tier = $5, "
-            f"usage_stamped_from = COALESCE($6, usage_stamped_from) "
+            f"usage_stamped_from = COALESCE($6, usage_stamped_from), "
+            # a scheduled change that took effect is no longer pending
+            f"scheduled_tier = CASE WHEN scheduled_tier = $5 OR $5 = 'free' THEN NULL "
+            f"ELSE scheduled_tier END "
             f"WHERE id = $1 RETURNING {_COLUMNS}",
             company_id,
             customer_id,
@@ -173,3 +179,12 @@ async def set_subscription(
         raise CustomerTaken(f"customer {customer_id} is linked to another company") from exc
     assert row is not None
     return _company(row)
+
+
+async def set_scheduled_tier(company_id: uuid.UUID, tier: Tier | None) -> Company | None:
+    row = await sql.fetchrow(
+        f"UPDATE companies SET scheduled_tier = $2 WHERE id = $1 RETURNING {_COLUMNS}",
+        company_id,
+        tier.value if tier else None,
+    )
+    return _company(row) if row else None

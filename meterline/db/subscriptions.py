@@ -107,3 +107,12 @@ async def newest_live(
         exclude,
     )
     return _mirror(row) if row else None
+
+
+async def set_cancel_at_period_end(subscription_id: str, cancel: bool) -> None:
+    """What Meterline just asked Stripe for, shown before the webhook confirms it."""
+    await sql.execute(
+        "UPDATE subscriptions SET cancel_at_period_end = $2, updated_at = now() WHERE id = $1",
+        subscription_id,
+        cancel,
+    )

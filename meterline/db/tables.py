@@ -70,6 +70,8 @@ class CompanyRow(Table, tablename="companies", db=DB):
     # Free -> paid: that month's earlier events are sent stamped at this instant, the start of
     # the paid subscription, so Stripe bills them on its metered prices (DESIGN, plan changes).
     usage_stamped_from = Timestamptz(null=True, default=None)
+    # A tier change Meterline scheduled in Stripe for the next 1st (a subscription schedule).
+    scheduled_tier = Varchar(length=32, null=True, default=None)
     created_at = Timestamptz(default=TimestamptzNow())
 
 

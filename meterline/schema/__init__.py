@@ -16,8 +16,15 @@ from strawberry.extensions import (
 )
 from strawberry.types import ExecutionContext, ExecutionResult
 
-from meterline.resolvers import billing, usage
+from meterline.resolvers import billing, lifecycle, usage
 from meterline.schema.errors import log_errors, with_codes
+from meterline.schema.lifecycle import (
+    BillingPortalResult,
+    CancelSubscriptionResult,
+    ChangeTierResult,
+    ResumeSubscriptionResult,
+    StartCheckoutResult,
+)
 from meterline.schema.limits import max_depth_rule
 from meterline.schema.types import (
     Invoice,
@@ -64,6 +71,28 @@ class Query:
 @strawberry.type
 class Mutation:
     record_usage: RecordUsageResult = strawberry.mutation(resolver=usage.record_usage)
+    start_checkout: StartCheckoutResult = strawberry.mutation(
+        resolver=lifecycle.start_checkout,
+        description="A Stripe Checkout for a free company: the tier's base and metered prices, "
+        "billing anchored to the next 1st (the first period prorated).",
+    )
+    change_tier: ChangeTierResult = strawberry.mutation(
+        resolver=lifecycle.change_tier,
+        description="Takes effect on the next 1st; the current tier again withdraws a pending "
+        "change; FREE cancels at the period's end.",
+    )
+    cancel_subscription: CancelSubscriptionResult = strawberry.mutation(
+        resolver=lifecycle.cancel_subscription,
+        description="At the period's end (the 1st): this month's usage is still invoiced.",
+    )
+    resume_subscription: ResumeSubscriptionResult = strawberry.mutation(
+        resolver=lifecycle.resume_subscription,
+        description="Withdraws a pending cancellation.",
+    )
+    billing_portal_url: BillingPortalResult = strawberry.mutation(
+        resolver=lifecycle.billing_portal_url,
+        description="A Stripe customer portal session (payment methods, invoices).",
+    )
 
 
 class MeterlineSchema(strawberry.Schema):

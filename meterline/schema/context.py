@@ -16,7 +16,9 @@ from meterline.db.companies import Company
 from meterline.db.invoices import InvoiceMirror
 from meterline.permissions import Permission, allows
 from meterline.services import billing, usage
-from meterline.services.errors import Forbidden
+from meterline.services.errors import Forbidden, StripeUnavailable
+from meterline.stripe_gateway.client import SharedClient, StripeNotConfigured
+from meterline.stripe_gateway.lifecycle import StripeLifecycle
 
 
 class Context(BaseContext, kw_only=True):
@@ -24,6 +26,7 @@ class Context(BaseContext, kw_only=True):
     settings: Settings
     clock: Callable[[], datetime]
     request_id: str
+    stripe: SharedClient | None = None  # the app's Stripe client (lifecycle mutations)
     # Sibling fields resolve concurrently: they share one lookup of the company.
     company_task: asyncio.Task[Company] | None = None
     month_invoice_loader: DataLoader[date, InvoiceMirror | None] | None = None
@@ -41,6 +44,15 @@ class Context(BaseContext, kw_only=True):
         if not allows(self.principal.role, permission, self.settings.role_aliases):
             raise Forbidden(f"Role {self.principal.role!r} may not do this.")
         return company_id
+
+    def lifecycle(self) -> StripeLifecycle:
+        """Stripe for the subscription mutations; STRIPE_UNAVAILABLE when not configured."""
+        try:
+            if self.stripe is None:
+                raise StripeNotConfigured("Stripe is not configured")
+            return StripeLifecycle(self.stripe.get())
+        except StripeNotConfigured as exc:
+            raise StripeUnavailable(f"{exc}: subscriptions cannot be changed") from exc
 
     def month_invoices(self, company_id: uuid.UUID) -> DataLoader[date, InvoiceMirror | None]:
         """The invoice carrying each month's usage: one query for all the months of a request

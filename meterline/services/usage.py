@@ -23,7 +23,7 @@ from meterline.billing.periods import (
     months_back,
 )
 from meterline.billing.pricing import MeterStatement, price_meter, total_overage_cost
-from meterline.db import companies, tiers, usage
+from meterline.db import companies, subscriptions, tiers, usage
 from meterline.db.companies import Company
 from meterline.db.engine import DB
 from meterline.db.usage import NewEvent, StoredEvent
@@ -355,12 +355,22 @@ async def current_usage(company: Company, now: datetime) -> list[MeterStatement]
     return (await _month_summaries(company, [month_of(now)]))[0].meters
 
 
+async def scheduled_tier(company: Company) -> Tier | None:
+    """The tier that starts on the next 1st, if a change is pending: FREE when the current
+    subscription ends at its period's end, else the tier Meterline scheduled."""
+    if company.stripe_subscription_id is not None:
+        current = await subscriptions.get(company.stripe_subscription_id)
+        if current is not None and current.cancel_at_period_end and company.tier is not Tier.FREE:
+            return Tier.FREE
+    return company.scheduled_tier
+
+
 async def usage_limits(company: Company, now: datetime) -> Limits:
     plan = (await tiers.cached_plans())[company.tier]
     summary = (await _month_summaries(company, [month_of(now)]))[0]
     return Limits(
         tier=company.tier,
-        scheduled_tier=None,  # plan changes come with the subscription lifecycle
+        scheduled_tier=await scheduled_tier(company),
         billing_status=company.dunning.status(now),
         grace_ends_at=company.dunning.grace_ends_at,
         grace_period_days=plan.grace_days,

@@ -1,0 +1,267 @@
+"""The subscription lifecycle a company admin drives: checkout, plan changes, cancellation,
+resumption and the billing portal (DESIGN, plan changes).
+
+A plan change takes effect on the 1st, in Stripe (a subscription schedule) and here (the month
+keeps its tier): `scheduledTier` shows it until then. Stripe is called first; only what Stripe
+accepted is written here, so a Stripe failure (`STRIPE_UNAVAILABLE`) leaves nothing
+half-done. The webhooks then confirm it (they re-read the subscription).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from meterline.billing.catalog import EventType, Tier
+from meterline.billing.periods import month_end, month_of
+from meterline.config import Settings
+from meterline.db import companies, subscriptions
+from meterline.db.companies import Company
+from meterline.db.subscriptions import SubscriptionMirror
+from meterline.services.errors import BadUserInput, StripeUnavailable
+from meterline.services.stripe_setup import base_price_lookup_key, metered_price_lookup_key
+from meterline.services.subscriptions import LIVE_STATUSES
+from meterline.stripe_gateway.lifecycle import LifecycleFailed, PlanPrice, StripeLifecycle
+
+T = TypeVar("T")
+
+# A subscription not yet paid (`incomplete`) or paused still blocks a second checkout.
+HOLDS_A_SUBSCRIPTION = LIVE_STATUSES | {"incomplete", "paused"}
+
+
+@dataclass(frozen=True)
+class CheckoutStarted:
+    url: str
+    session_id: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class TierChangeScheduled:
+    tier: Tier
+    effective_at: datetime
+
+
+@dataclass(frozen=True)
+class TierChangeCanceled:
+    tier: Tier  # the tier that stays
+    message: str
+
+
+@dataclass(frozen=True)
+class CancellationScheduled:
+    effective_at: datetime
+    message: str
+
+
+@dataclass(frozen=True)
+class SubscriptionResumed:
+    tier: Tier
+
+
+@dataclass(frozen=True)
+class PortalSession:
+    url: str
+
+
+@dataclass(frozen=True)
+class NoSubscription:
+    message: str
+
+
+@dataclass(frozen=True)
+class NothingToResume:
+    message: str
+
+
+@dataclass(frozen=True)
+class StripeNotReady:
+    missing_prices: list[str]
+    message: str
+
+
+def plan_lookup_keys(tier: Tier) -> list[str]:
+    """The tier's six prices, base first: a complete subscription (DESIGN, Stripe objects)."""
+    return [base_price_lookup_key(tier)] + [metered_price_lookup_key(tier, e) for e in EventType]
+
+
+def next_first(now: datetime) -> datetime:
+    """The next 1st 00:00 UTC: where checkout anchors billing, and plan changes start."""
+    return month_end(month_of(now))
+
+
+async def _plan_prices(lifecycle: StripeLifecycle, tier: Tier) -> list[PlanPrice] | StripeNotReady:
+    keys = plan_lookup_keys(tier)
+    found = await _stripe(lifecycle.plan_prices(keys))
+    missing = [k for k in keys if k not in found]
+    if missing:
+        return StripeNotReady(
+            missing_prices=missing,
+            message=f"Stripe has no active price for {', '.join(missing)}: run "
+            f"`meterline setup-stripe`.",
+        )
+    return [found[k] for k in keys]
+
+
+async def _stripe(call: Awaitable[T]) -> T:
+    try:
+        return await call
+    except LifecycleFailed as exc:
+        raise StripeUnavailable(f"Stripe did not do it: {exc}") from exc
+
+
+def _live(company: Company) -> bool:
+    return (
+        company.stripe_subscription_id is not None
+        and company.subscription_status in HOLDS_A_SUBSCRIPTION
+    )
+
+
+async def _current(company: Company) -> SubscriptionMirror | NoSubscription:
+    mirror = (
+        await subscriptions.get(company.stripe_subscription_id)
+        if company.stripe_subscription_id
+        else None
+    )
+    if mirror is None or mirror.status not in LIVE_STATUSES:
+        return NoSubscription("This company has no paid subscription: start a checkout first.")
+    return mirror
+
+
+def _period_end(mirror: SubscriptionMirror, now: datetime) -> datetime:
+    return mirror.current_period_end or next_first(now)
+
+
+# --- the operations -----------------------------------------------------------------------------
+
+
+async def start_checkout(
+    company: Company, tier: Tier, *, lifecycle: StripeLifecycle, settings: Settings, now: datetime
+) -> CheckoutStarted | StripeNotReady:
+    if tier is Tier.FREE:
+        raise BadUserInput("The free tier needs no checkout.")
+    if _live(company):
+        raise BadUserInput(
+            "This company already has a subscription: use changeTier or cancelSubscription."
+        )
+    if not settings.checkout_success_url:
+        raise StripeUnavailable("Checkout is not configured on this server (CHECKOUT_SUCCESS_URL).")
+    prices = await _plan_prices(lifecycle, tier)
+    if isinstance(prices, StripeNotReady):
+        return prices
+    anchor = next_first(now)
+    session = await _stripe(
+        lifecycle.create_checkout(
+            prices=prices,
+            customer=company.stripe_customer_id,
+            company_id=str(company.id),
+            anchor=anchor,
+            success_url=settings.checkout_success_url,
+            cancel_url=settings.checkout_cancel_url,
+            # The same click retried (or clicked twice) within the hour: one session.
+            idempotency_key=f"meterline-checkout-{company.id}-{tier.value}-{now:%Y%m%d%H}",
+        )
+    )
+    return CheckoutStarted(session.url, session.id, session.expires_at)
+
+
+async def change_tier(
+    company: Company, tier: Tier, *, lifecycle: StripeLifecycle, now: datetime
+) -> (
+    TierChangeScheduled
+    | TierChangeCanceled
+    | CancellationScheduled
+    | NoSubscription
+    | StripeNotReady
+):
+    if tier is Tier.FREE:
+        return await cancel_subscription(company, lifecycle=lifecycle, now=now)
+    current = await _current(company)
+    if isinstance(current, NoSubscription):
+        return current
+    schedule = await _stripe(lifecycle.subscription_schedule(current.id))
+    if tier is company.tier:  # the current tier again: whatever was pending is withdrawn
+        if schedule is not None:
+            await _stripe(lifecycle.release_schedule(schedule))
+        if current.cancel_at_period_end:
+            await _stripe(lifecycle.set_cancel_at_period_end(current.id, False))
+            await subscriptions.set_cancel_at_period_end(current.id, False)
+        await companies.set_scheduled_tier(company.id, None)
+        return TierChangeCanceled(tier, f"{tier.value} stays; nothing changes on the 1st.")
+    prices = await _plan_prices(lifecycle, tier)
+    if isinstance(prices, StripeNotReady):
+        return prices
+    if current.cancel_at_period_end:  # a plan change replaces a pending cancellation
+        await _stripe(lifecycle.set_cancel_at_period_end(current.id, False))
+        await subscriptions.set_cancel_at_period_end(current.id, False)
+    effective_at = _period_end(current, now)
+    await _stripe(
+        lifecycle.schedule_prices(
+            current.id,
+            schedule,
+            prices,
+            idempotency_key=f"meterline-change-{current.id}-{tier.value}-{effective_at:%Y%m}",
+        )
+    )
+    await companies.set_scheduled_tier(company.id, tier)
+    return TierChangeScheduled(tier, effective_at)
+
+
+async def cancel_subscription(
+    company: Company, *, lifecycle: StripeLifecycle, now: datetime
+) -> CancellationScheduled | NoSubscription:
+    current = await _current(company)
+    if isinstance(current, NoSubscription):
+        return current
+    schedule = await _stripe(lifecycle.subscription_schedule(current.id))
+    if schedule is not None:  # Stripe cancels a scheduled subscription only once released
+        await _stripe(lifecycle.release_schedule(schedule))
+    await _stripe(lifecycle.set_cancel_at_period_end(current.id, True))
+    await subscriptions.set_cancel_at_period_end(current.id, True)
+    await companies.set_scheduled_tier(company.id, None)
+    effective_at = _period_end(current, now)
+    return CancellationScheduled(
+        effective_at,
+        f"The subscription ends on {effective_at:%Y-%m-%d}; this month's usage is still "
+        f"invoiced then.",
+    )
+
+
+async def resume_subscription(
+    company: Company, *, lifecycle: StripeLifecycle
+) -> SubscriptionResumed | NoSubscription | NothingToResume:
+    current = await _current(company)
+    if isinstance(current, NoSubscription):
+        return current
+    if not current.cancel_at_period_end:
+        return NothingToResume("The subscription is not set to end.")
+    await _stripe(lifecycle.set_cancel_at_period_end(current.id, False))
+    await subscriptions.set_cancel_at_period_end(current.id, False)
+    return SubscriptionResumed(company.tier)
+
+
+def check_return_url(url: str, settings: Settings) -> str:
+    """The portal sends the customer back here: only to our own origins (no open redirect)."""
+    parts = urlsplit(url)
+    origin = f"{parts.scheme}://{parts.netloc}"
+    local = parts.hostname in ("localhost", "127.0.0.1")
+    if parts.scheme not in ("https", "http") or not parts.netloc or len(url) > 2048:
+        raise BadUserInput("returnUrl must be an absolute http(s) URL.")
+    if parts.scheme == "http" and not (settings.is_development and local):
+        raise BadUserInput("returnUrl must use https.")
+    allowed = settings.billing_return_origins
+    if not (origin in allowed or (settings.is_development and not allowed)):
+        raise BadUserInput(f"returnUrl's origin {origin} is not allowed (BILLING_RETURN_ORIGINS).")
+    return url
+
+
+async def billing_portal_url(
+    company: Company, return_url: str, *, lifecycle: StripeLifecycle, settings: Settings
+) -> PortalSession | NoSubscription:
+    url = check_return_url(return_url, settings)
+    if company.stripe_customer_id is None:
+        return NoSubscription("This company has no Stripe customer yet: start a checkout first.")
+    return PortalSession(await _stripe(lifecycle.portal_session(company.stripe_customer_id, url)))
