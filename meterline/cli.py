@@ -175,6 +175,9 @@ def cmd_company(args: argparse.Namespace) -> None:
             for listed in await companies.list_all(limit=args.limit):
                 print(_describe(listed))
             return
+        if args.action == "drift":
+            await _drift(settings)
+            return
         company_id = _company_id(args.company)
         company: Company | None
         if args.action == "create":
@@ -404,6 +407,30 @@ def cmd_stripe(args: argparse.Namespace) -> None:
     asyncio.run(_with_database(settings, work))
 
 
+async def _drift(settings: Settings) -> None:
+    from meterline.services.drift import drift_report
+
+    report = await drift_report(settings, datetime.now(UTC))
+    if not report:
+        print("no plan changed in Stripe in the middle of a month")
+    for drift in report:
+        print(f"{drift.company_id}  {drift.subscription_id}  seen {drift.seen_at:%Y-%m-%d %H:%M}")
+        print(f"  {drift.what}")
+        print(f"  Meterline: this month's overage {drift.meterline_overage} usd (one tier)")
+        if drift.stripe_preview is not None:
+            preview = drift.stripe_preview
+            print(
+                f"  Stripe's coming invoice: {preview.amount_due} {preview.currency} for "
+                f"{preview.period_start:%Y-%m-%d}..{preview.period_end:%Y-%m-%d}:"
+            )
+            for line in preview.lines:
+                print(f"    {line.amount:>10} {line.description or ''}")
+        else:
+            print(
+                f"  Stripe's coming invoice: unknown ({drift.preview_error or 'no subscription'})"
+            )
+
+
 async def _flags(args: argparse.Namespace) -> None:
     from meterline.db import flags
 
@@ -519,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=int, default=100)
     for name in ("create", "show", "clear-dunning"):
         actions.add_parser(name).add_argument("company")
+    actions.add_parser("drift", help="plan changes made in Stripe mid-month, and their cost")
     set_tier = actions.add_parser("set-tier")
     set_tier.add_argument("company")
     set_tier.add_argument("tier", choices=[t.value for t in Tier])
