@@ -30,6 +30,31 @@ Subscriptions and invoices (for the webhooks work):
   lines for the next month; `finalize_invoice`, `pay_invoice`, `fail_invoice_payment`,
   `void_invoice`, `mark_uncollectible` move it on; `update_*` override fields.
 
+Plan changes (checkout, schedules, the portal):
+- POST /v1/checkout/sessions (mode=subscription, hosted): `line_items` with an active recurring
+  `price`, `quantity` required for licensed prices and refused for metered ones (Stripe's
+  messages), `success_url` required, `customer` must exist, `subscription_data` with
+  `billing_cycle_anchor` (in the future, before the next natural billing date), `metadata`,
+  `proration_behavior`. GET /v1/checkout/sessions/{id}. `complete_checkout` is the customer
+  paying: customer created if none, subscription started now with the anchor and a prorated
+  first period [now, anchor), session "complete"; returns the checkout.session.completed event.
+- POST /v1/subscriptions/{id}: `cancel_at_period_end` (refused while a schedule manages the
+  subscription), `metadata`, `cancellation_details`, `proration_behavior`; a canceled
+  subscription only takes metadata and cancellation_details.
+- POST /v1/subscription_schedules `from_subscription` (one phase = the current items and period,
+  end_behavior "release"); POST /v1/subscription_schedules/{id} `phases` (the first keeps the
+  current phase's start, each next starts at the previous end; ends by `end_date`, `duration`
+  or one interval), `end_behavior` release/cancel; .../release; GET.
+- `advance_to(moment)` freezes `now`; `apply_schedules()` does what Stripe does by then in time
+  order (phase changes on the boundary, release/cancel after the last phase, cancel_at_period_end
+  at the period end, renewals) and returns the customer.subscription.* events.
+- Previews bill the subscription's current items over their current period, so a preview after
+  the 1st's phase change prices the new month with the new tier; `metered_subtotal` sums an
+  invoice's or preview's metered lines.
+- POST /v1/billing_portal/sessions (`customer` required and existing, `return_url`).
+- Parameters Stripe knows but the double does not model are refused (400 naming them), never
+  silently ignored; nested hashes are checked against the SDK's TypedDicts too.
+
 Events and signatures:
 - `snapshot_event` builds a v1 event as Stripe POSTs it to a webhook endpoint (the object's
   current rendering, the SDK's pinned API version) and GET /v1/events/{id} serves it.
@@ -75,6 +100,8 @@ from urllib.parse import parse_qsl, urlsplit
 import stripe
 import stripe.params as p1
 import stripe.params.billing as pbilling
+import stripe.params.billing_portal as pportal
+import stripe.params.checkout as pcheckout
 import stripe.params.v2.core as p2core
 
 FailureKind = Literal["429", "500", "stall", "drop", "drop_before"]
@@ -507,6 +534,116 @@ _KINDS: dict[str, _Kind] = {
             "webhooks_delivered_at": None,
         },
     ),
+    "checkout.session": _Kind(
+        "cs_test",
+        "checkout.session",
+        "checkout.session",
+        {
+            "adaptive_pricing": {"enabled": False},
+            "after_expiration": None,
+            "allow_promotion_codes": None,
+            "amount_subtotal": None,
+            "amount_total": None,
+            "automatic_tax": {
+                "enabled": False,
+                "liability": None,
+                "provider": None,
+                "status": None,
+            },
+            "cancel_url": None,
+            "client_reference_id": None,
+            "collected_information": None,
+            "consent": None,
+            "consent_collection": None,
+            "currency": None,
+            "currency_conversion": None,
+            "custom_fields": [],
+            "custom_text": {
+                "after_submit": None,
+                "shipping_address": None,
+                "submit": None,
+                "terms_of_service_acceptance": None,
+            },
+            "customer": None,
+            "customer_creation": None,
+            "customer_details": None,
+            "customer_email": None,
+            "discounts": [],
+            "invoice": None,
+            "invoice_creation": None,
+            "metadata": {},
+            "mode": "subscription",
+            "origin_context": None,
+            "payment_intent": None,
+            "payment_method_configuration_details": None,
+            "payment_method_options": {},
+            "payment_status": "unpaid",
+            "permissions": None,
+            "phone_number_collection": {"enabled": False},
+            "recovered_from": None,
+            "saved_payment_method_options": None,
+            "setup_intent": None,
+            "shipping_address_collection": None,
+            "shipping_cost": None,
+            "shipping_options": [],
+            "status": "open",
+            "subscription": None,
+            "total_details": None,
+            "ui_mode": "hosted_page",
+            "wallet_options": None,
+        },
+    ),
+    "subscription_schedule": _Kind(
+        "sub_sched",
+        "subscription_schedule",
+        "subscription schedule",
+        {
+            "application": None,
+            "billing_mode": {"type": "classic", "flexible": None},
+            "canceled_at": None,
+            "completed_at": None,
+            "current_phase": None,
+            "customer_account": None,
+            "default_settings": {
+                "application_fee_percent": None,
+                "automatic_tax": {"enabled": False, "liability": None, "disabled_reason": None},
+                "billing_cycle_anchor": "automatic",
+                "billing_thresholds": None,
+                "collection_method": "charge_automatically",
+                "default_payment_method": None,
+                "description": None,
+                "invoice_settings": {
+                    "account_tax_ids": None,
+                    "days_until_due": None,
+                    "issuer": {"type": "self"},
+                },
+                "on_behalf_of": None,
+                "transfer_data": None,
+            },
+            "end_behavior": "release",
+            "metadata": {},
+            "pause_schedules": [],
+            "phases": [],
+            "released_at": None,
+            "released_subscription": None,
+            "status": "not_started",
+            "subscription": None,
+            "test_clock": None,
+        },
+    ),
+    "billing_portal.session": _Kind(
+        "bps",
+        "billing_portal.session",
+        "billing portal session",
+        {
+            "after_expiration": None,
+            "customer_account": None,
+            "flow": None,
+            "locale": None,
+            "on_behalf_of": None,
+            "return_url": None,
+        },
+    ),
     "event": _Kind(
         "evt",
         "event",
@@ -536,6 +673,8 @@ _SUBSCRIPTION_STATUSES = (
     "unpaid",
 )
 _ENDED = ("canceled", "incomplete_expired")
+# statuses whose periods Stripe keeps advancing
+_RENEWING = ("active", "past_due", "trialing", "unpaid")
 PAYMENT_RETRY_DELAY = 3 * DAY  # Smart Retries' next attempt after a failed payment
 FIRST_ATTEMPT_DELAY = 3600  # Stripe attempts payment about an hour after finalizing
 
@@ -576,6 +715,52 @@ def _check_params(route: _Route, params: _Params, v2: bool) -> None:
     for key in sorted(route.params.__required_keys__ - _REQUEST_OPTIONS):
         if key not in params.data:
             raise _missing(key)
+
+
+def _check_keys(params: _Params, typed: Any) -> _Params:
+    """Check a nested hash (`line_items[0]`, `phases[1][items][0]`, ...) against the SDK's
+    TypedDict for it: unknown keys and missing required ones are 400s, as at the top level."""
+    known = typed.__required_keys__ | typed.__optional_keys__
+    for key in params.data:
+        if key not in known:
+            name = _name(params.prefix, key)
+            raise _invalid(f"Received unknown parameter: {name}", name)
+    for key in sorted(typed.__required_keys__):
+        if params.data.get(key) in (None, ""):
+            raise _missing(_name(params.prefix, key))
+    return params
+
+
+def _element(value: Any, prefix: str) -> _Params:
+    if not isinstance(value, dict):
+        raise _invalid("Invalid hash", prefix)
+    return _Params(value, prefix)
+
+
+def _only(params: _Params, supported: set[str]) -> None:
+    """Refuse parameters Stripe knows but the double does not model (rather than ignore them)."""
+    for key in params.data:
+        if key not in supported and key != "expand":
+            name = _name(params.prefix, key)
+            raise _invalid(f"The Stripe double does not support {name} on this call.", name)
+
+
+def _add_interval(ts: int, interval: str, count: int = 1) -> int:
+    if interval in ("day", "week"):
+        return ts + count * (DAY if interval == "day" else 7 * DAY)
+    for _ in range(count * (12 if interval == "year" else 1)):
+        ts = _add_month(ts)
+    return ts
+
+
+@dataclass
+class _CheckoutPlan:
+    """What a Checkout Session will subscribe the customer to (kept off the rendered session)."""
+
+    lines: list[tuple[str, int | None]]  # (price id, quantity; None for metered)
+    anchor: int | None
+    proration_behavior: str
+    metadata: dict[str, str]
 
 
 @dataclass
@@ -619,6 +804,8 @@ class StripeDouble:
         # lines an invoice embeds (`lines.has_more` beyond); GET /v1/invoices/{id}/lines has all
         self.embedded_invoice_lines = 10
         self._invoice_numbers = 0
+        self._checkouts: dict[str, _CheckoutPlan] = {}
+        self._portal_configuration = _new_id("bpc")
         self._events: list[dict[str, Any]] = []
         self._in_flight: collections.Counter[tuple[str, str]] = collections.Counter()
         self._failures: list[_FailureRule] = []
@@ -758,27 +945,13 @@ class StripeDouble:
             if start is not None:
                 period = (start, _month_bounds(start)[1])
             begin, end = period or _month_bounds(self._now())
-            subscription_id = _new_id("sub")
-            items = [self._subscription_item(subscription_id, p, begin, end) for p in prices]
-            subscription = self._new(
-                "subscription",
-                {
-                    "id": subscription_id,
-                    "customer": customer,
-                    "currency": prices[0]["currency"] if prices else "usd",
-                    "metadata": dict(metadata or {}),
-                    "billing_cycle_anchor": end if start is not None else begin,
-                    "created": begin,
-                    "start_date": begin,
-                    "status": status,
-                    "items": {
-                        "object": "list",
-                        "data": items,
-                        "has_more": False,
-                        "total_count": len(items),
-                        "url": f"/v1/subscription_items?subscription={subscription_id}",
-                    },
-                },
+            subscription = self._make_subscription(
+                customer,
+                [(price, None) for price in prices],
+                metadata=metadata,
+                period=(begin, end),
+                anchor=end if start is not None else begin,
+                status=status,
             )
             return str(subscription["id"])
 
@@ -814,6 +987,104 @@ class StripeDouble:
             ]
             subscription["items"].update(data=items, total_count=len(items))
             return self._render("subscription", subscription)
+
+    # checkout, schedules and time
+
+    def complete_checkout(self, session_id: str) -> dict[str, Any]:
+        """The customer pays an open Checkout Session now: its customer is created if it named
+        none; a subscription starts now with one item per line item, the session's
+        subscription_data metadata, and its billing cycle anchor (a prorated first period
+        [now, anchor)); the session becomes "complete". Returns the checkout.session.completed
+        snapshot event. ValueError if the session is not open or has expired."""
+        with self._lock:
+            session = self._get("checkout.session", session_id)
+            now = self._now()
+            if session["status"] != "open":
+                raise ValueError(f"checkout session {session_id} is {session['status']}")
+            if now >= session["expires_at"]:
+                session.update(status="expired", url=None)
+                raise ValueError(f"checkout session {session_id} has expired")
+            plan = self._checkouts[session_id]
+            customer_id = session["customer"]
+            if customer_id is None:
+                customer = self._new("customer", {"email": session["customer_email"]})
+                customer_id = customer["id"]
+            email = self._objects["customer"][customer_id]["email"]
+            lines = [(self._objects["price"][pid], quantity) for pid, quantity in plan.lines]
+            recurring = next(p for p, _ in lines if p["recurring"])["recurring"]
+            natural = _add_interval(now, recurring["interval"], recurring["interval_count"])
+            end = natural if plan.anchor is None else plan.anchor
+            subscription = self._make_subscription(
+                customer_id,
+                lines,
+                metadata=plan.metadata,
+                period=(now, end),
+                anchor=now if plan.anchor is None else plan.anchor,
+            )
+            free_first_period = plan.anchor is not None and plan.proration_behavior == "none"
+            session.update(
+                status="complete",
+                payment_status="no_payment_required" if free_first_period else "paid",
+                customer=customer_id,
+                customer_details={
+                    "address": None,
+                    "business_name": None,
+                    "email": email,
+                    "individual_name": None,
+                    "name": None,
+                    "phone": None,
+                    "tax_exempt": "none",
+                    "tax_ids": [],
+                },
+                subscription=subscription["id"],
+                url=None,
+            )
+            return self.snapshot_event("checkout.session.completed", session_id)
+
+    def advance_to(self, moment: int) -> None:
+        """Freeze `now` at `moment` (`double.now` stays a callable). Nothing else happens until
+        `apply_schedules()`."""
+        self.now = lambda: moment
+
+    def apply_schedules(self) -> list[dict[str, Any]]:
+        """Do what Stripe does by `now`, in time order: an active schedule whose current phase
+        ended moves to its next phase (the subscription's items replaced by the phase's prices,
+        created at the phase start, period [phase start, +1 month)) or, after its last phase,
+        releases the subscription (end_behavior "release") or cancels it ("cancel"); a
+        subscription with cancel_at_period_end whose period ended is canceled at the period end;
+        any other live subscription whose period ended renews for a month. Returns the
+        customer.subscription.updated / .deleted snapshot events Stripe sends, oldest first."""
+        with self._lock:
+            now = self._now()
+            events: list[dict[str, Any]] = []
+            while (due := self._next_due(now)) is not None:
+                _, kind, object_id = due
+                if kind == "subscription_schedule":
+                    events.append(self._advance_schedule(self._objects[kind][object_id]))
+                else:
+                    events.append(self._advance_period(self._objects[kind][object_id]))
+            return events
+
+    def metered_subtotal(self, invoice: dict[str, Any] | str) -> int:
+        """The sum (cents) of the lines of an invoice or preview whose price is metered: the
+        figure Meterline's monthly overage total must equal. Takes an invoice id, or a rendered
+        invoice / preview (`obj.to_dict()`); a stored invoice's lines are all read even when the
+        rendering embeds only some of them."""
+        with self._lock:
+            if isinstance(invoice, str):
+                lines = self._get("invoice", invoice)["lines"]["data"]
+            elif invoice["lines"].get("has_more") and invoice.get("id") in self._objects["invoice"]:
+                lines = self._objects["invoice"][invoice["id"]]["lines"]["data"]
+            else:
+                lines = invoice["lines"]["data"]
+            total = 0
+            for line in lines:
+                price = ((line.get("pricing") or {}).get("price_details") or {}).get("price")
+                price_id = price["id"] if isinstance(price, dict) else price
+                known = self._objects["price"].get(str(price_id))
+                if known is not None and _is_metered(known):
+                    total += int(line["amount"])
+            return total
 
     def add_invoice(self, customer: str, *, subscription: str | None = None, **fields: Any) -> str:
         """An invoice for GET /v1/invoices; `fields` override the invoice's top-level fields."""
@@ -991,6 +1262,204 @@ class StripeDouble:
         }
 
     # internals: subscriptions and invoices
+
+    def _make_subscription(
+        self,
+        customer: str,
+        lines: list[tuple[dict[str, Any], int | None]],
+        *,
+        metadata: dict[str, str] | None,
+        period: tuple[int, int],
+        anchor: int,
+        status: str = "active",
+    ) -> dict[str, Any]:
+        """A subscription with one item per (price, quantity) (licensed quantity 1 when None),
+        started at the period's start."""
+        begin, end = period
+        subscription_id = _new_id("sub")
+        items = []
+        for price, quantity in lines:
+            item = self._subscription_item(subscription_id, price, begin, end)
+            if quantity is not None and not _is_metered(price):
+                item["quantity"] = quantity
+            items.append(item)
+        return self._new(
+            "subscription",
+            {
+                "id": subscription_id,
+                "customer": customer,
+                "currency": lines[0][0]["currency"] if lines else "usd",
+                "metadata": dict(metadata or {}),
+                "billing_cycle_anchor": anchor,
+                "created": begin,
+                "start_date": begin,
+                "status": status,
+                "items": {
+                    "object": "list",
+                    "data": items,
+                    "has_more": False,
+                    "total_count": len(items),
+                    "url": f"/v1/subscription_items?subscription={subscription_id}",
+                },
+            },
+        )
+
+    def _replace_items(
+        self,
+        sub: dict[str, Any],
+        lines: list[tuple[str, int | None]],
+        begin: int,
+        end: int,
+        at: int,
+    ) -> None:
+        """New items (created `at`) for (price id, quantity) lines, with period [begin, end)."""
+        items = []
+        for price_id, quantity in lines:
+            price = self._objects["price"][price_id]
+            item = self._subscription_item(sub["id"], price, begin, end, created=at)
+            if quantity is not None and not _is_metered(price):
+                item["quantity"] = quantity
+            items.append(item)
+        sub["items"].update(data=items, total_count=len(items))
+
+    def _next_due(self, now: int) -> tuple[int, str, str] | None:
+        """The earliest (moment, kind, id) of what Stripe has to do by `now`: a schedule's phase
+        ending before a subscription's period ending at the same moment."""
+        due: list[tuple[int, int, str, str]] = []
+        for schedule in self._objects["subscription_schedule"].values():
+            phase = schedule["current_phase"]
+            if schedule["status"] == "active" and phase and phase["end_date"] <= now:
+                due.append((phase["end_date"], 0, "subscription_schedule", schedule["id"]))
+        for sub in self._objects["subscription"].values():
+            period = _period(sub)
+            if sub["status"] in _RENEWING and period is not None and period[1] <= now:
+                due.append((period[1], 1, "subscription", sub["id"]))
+        if not due:
+            return None
+        moment, _, kind, object_id = min(due)
+        return moment, kind, object_id
+
+    def _advance_schedule(self, schedule: dict[str, Any]) -> dict[str, Any]:
+        current = schedule["current_phase"]
+        at = current["end_date"]
+        phases = schedule["phases"]
+        index = next(i for i, ph in enumerate(phases) if ph["start_date"] == current["start_date"])
+        sub = self._objects["subscription"][schedule["subscription"]]
+        if index + 1 < len(phases):
+            phase = phases[index + 1]
+            before = self._render("subscription", sub)["items"]
+            lines = [(item["price"], item["quantity"]) for item in phase["items"]]
+            self._replace_items(sub, lines, at, _add_month(at), at)
+            merged = dict(sub["metadata"])
+            for key, value in phase["metadata"].items():
+                if value in ("", None):
+                    merged.pop(key, None)
+                else:
+                    merged[key] = value
+            sub["metadata"] = merged
+            schedule["current_phase"] = {
+                "start_date": phase["start_date"],
+                "end_date": phase["end_date"],
+            }
+            return self.snapshot_event(
+                "customer.subscription.updated",
+                sub["id"],
+                created=at,
+                previous_attributes={"items": before},
+            )
+        if schedule["end_behavior"] == "cancel":
+            schedule.update(status="completed", completed_at=at, current_phase=None)
+            self._end_subscription(sub, at)
+            return self.snapshot_event("customer.subscription.deleted", sub["id"], created=at)
+        self._release(schedule, at)
+        return self.snapshot_event(
+            "customer.subscription.updated",
+            sub["id"],
+            created=at,
+            previous_attributes={"schedule": schedule["id"]},
+        )
+
+    def _advance_period(self, sub: dict[str, Any]) -> dict[str, Any]:
+        period = _period(sub)
+        assert period is not None
+        end = period[1]
+        if sub["cancel_at_period_end"]:
+            self._end_subscription(sub, end)
+            return self.snapshot_event("customer.subscription.deleted", sub["id"], created=end)
+        before = self._render("subscription", sub)["items"]
+        for item in sub["items"]["data"]:
+            item.update(current_period_start=end, current_period_end=_add_month(end))
+        return self.snapshot_event(
+            "customer.subscription.updated",
+            sub["id"],
+            created=end,
+            previous_attributes={"items": before},
+        )
+
+    def _end_subscription(self, sub: dict[str, Any], at: int) -> None:
+        sub.update(status="canceled", ended_at=at, canceled_at=sub["canceled_at"] or at)
+        details = sub["cancellation_details"]
+        if details.get("reason") is None:
+            sub["cancellation_details"] = {**details, "reason": "cancellation_requested"}
+
+    def _release(self, schedule: dict[str, Any], at: int) -> None:
+        sub = self._objects["subscription"].get(schedule["subscription"] or "")
+        if sub is not None and sub["schedule"] == schedule["id"]:
+            sub["schedule"] = None
+        schedule.update(
+            status="released",
+            released_at=at,
+            released_subscription=schedule["subscription"],
+            subscription=None,
+            current_phase=None,
+        )
+
+    def _phase(
+        self,
+        currency: str,
+        lines: list[tuple[str, int | None]],
+        start: int,
+        end: int,
+        *,
+        metadata: dict[str, str] | None = None,
+        proration_behavior: str = "create_prorations",
+    ) -> dict[str, Any]:
+        """A schedule phase as Stripe renders it (item prices as ids)."""
+        phase: dict[str, Any] = _fixture("subscription_schedule")["phases"][0]
+        phase.update(
+            add_invoice_items=[],
+            application_fee_percent=None,
+            automatic_tax=None,
+            billing_cycle_anchor=None,
+            billing_thresholds=None,
+            collection_method=None,
+            currency=currency,
+            default_payment_method=None,
+            default_tax_rates=[],
+            description=None,
+            discounts=[],
+            end_date=end,
+            invoice_settings=None,
+            items=[
+                {
+                    "billing_thresholds": None,
+                    "discounts": [],
+                    "metadata": {},
+                    "plan": price_id,
+                    "price": price_id,
+                    "quantity": quantity,
+                    "tax_rates": [],
+                }
+                for price_id, quantity in lines
+            ],
+            metadata=dict(metadata or {}),
+            on_behalf_of=None,
+            proration_behavior=proration_behavior,
+            start_date=start,
+            transfer_data=None,
+            trial_end=None,
+        )
+        return phase
 
     def _subscription_item(
         self,
@@ -1589,6 +2058,392 @@ class StripeDouble:
 
         return self._list(req, "subscription", keep)
 
+    def _subscriptions_update(self, req: _Request) -> dict[str, Any]:
+        p = req.params
+        sub = self._get("subscription", req.args["id"])
+        if sub["status"] in _ENDED and set(p.data) - {"cancellation_details", "metadata", "expand"}:
+            raise _invalid(
+                "A canceled subscription can only update its cancellation_details and metadata."
+            )
+        _only(p, {"cancel_at_period_end", "cancellation_details", "metadata", "proration_behavior"})
+        if "proration_behavior" in p:
+            p.choice("proration_behavior", ("always_invoice", "create_prorations", "none"))
+        at_period_end = p.boolean("cancel_at_period_end")
+        if at_period_end is not None:
+            if sub["schedule"] is not None:
+                raise _invalid(
+                    f"The subscription is managed by the subscription schedule "
+                    f"`{sub['schedule']}`, and updating any cancelation behavior directly is not "
+                    "allowed. Please update the schedule instead.",
+                    "cancel_at_period_end",
+                )
+            period = _period(sub)
+            if at_period_end:
+                sub.update(
+                    cancel_at_period_end=True,
+                    cancel_at=period[1] if period else None,
+                    canceled_at=self._now(),
+                )
+                sub["cancellation_details"]["reason"] = "cancellation_requested"
+            else:
+                sub.update(cancel_at_period_end=False, cancel_at=None, canceled_at=None)
+                sub["cancellation_details"]["reason"] = None
+        if isinstance(p.data.get("cancellation_details"), dict):
+            details = _check_keys(
+                p.hash("cancellation_details"), p1.SubscriptionUpdateParamsCancellationDetails
+            )
+            _only(details, {"comment", "feedback"})
+            for key in ("comment", "feedback"):
+                if key in details.data:
+                    sub["cancellation_details"][key] = details.text(key)
+        sub["metadata"] = p.metadata(sub["metadata"])
+        return self._reply("subscription", sub, req)
+
+    # checkout sessions and the customer portal
+
+    def _recurring_price(self, param: str, price_id: str) -> dict[str, Any]:
+        price = self._get("price", price_id, param=param)
+        if not price["active"]:
+            raise _invalid(
+                "The price specified is inactive. This field only accepts active prices.", param
+            )
+        if price["recurring"] is None:
+            raise _invalid(
+                "The price specified is set to `type=one_time` but this field only accepts "
+                "prices with `type=recurring`.",
+                param,
+            )
+        return price
+
+    def _checkout_sessions_create(self, req: _Request) -> dict[str, Any]:
+        p = req.params
+        _only(
+            p,
+            {
+                "cancel_url",
+                "client_reference_id",
+                "customer",
+                "customer_email",
+                "line_items",
+                "metadata",
+                "mode",
+                "subscription_data",
+                "success_url",
+                "ui_mode",
+            },
+        )
+        mode = p.choice("mode", ("payment", "setup", "subscription"))
+        if mode != "subscription":
+            raise _invalid("The Stripe double only supports mode=subscription.", "mode")
+        ui_mode = p.choice(
+            "ui_mode", ("elements", "embedded_page", "form", "hosted_page"), default="hosted_page"
+        )
+        if ui_mode != "hosted_page":
+            raise _invalid("The Stripe double only supports ui_mode=hosted_page.", "ui_mode")
+        customer = p.text("customer")
+        if customer is not None:
+            self._get("customer", customer, param="customer")
+        raw_items = p.array("line_items", required=True)
+        lines: list[tuple[str, int | None]] = []
+        prices: list[dict[str, Any]] = []
+        for index, raw in enumerate(raw_items):
+            line = _check_keys(
+                _element(raw, f"line_items[{index}]"), pcheckout.SessionCreateParamsLineItem
+            )
+            _only(line, {"price", "quantity"})
+            price = self._recurring_price(
+                f"line_items[{index}][price]", line.text("price", required=True)
+            )
+            quantity = line.integer("quantity")
+            if _is_metered(price):
+                if quantity is not None:
+                    raise _invalid(
+                        "Quantity should not be specified where usage_type is `metered`. Remove "
+                        f"quantity from `line_items[{index}]`",
+                        f"line_items[{index}][quantity]",
+                    )
+            elif quantity is None:
+                raise _invalid(
+                    f"Quantity is required. Add `quantity` to `line_items[{index}]`",
+                    f"line_items[{index}][quantity]",
+                )
+            elif quantity < 1:
+                raise _invalid(
+                    "Invalid quantity: must be at least 1", f"line_items[{index}][quantity]"
+                )
+            lines.append((price["id"], quantity))
+            prices.append(price)
+        if not lines:
+            raise _missing("line_items")
+        success_url = p.text("success_url", required=True, max_length=5000)
+        data = _check_keys(
+            p.hash("subscription_data"), pcheckout.SessionCreateParamsSubscriptionData
+        )
+        _only(data, {"billing_cycle_anchor", "metadata", "proration_behavior"})
+        now = self._now()
+        anchor = data.integer("billing_cycle_anchor")
+        if anchor is not None:
+            natural = min(
+                _add_interval(now, pr["recurring"]["interval"], pr["recurring"]["interval_count"])
+                for pr in prices
+            )
+            if anchor <= now:
+                raise _invalid(
+                    "`subscription_data[billing_cycle_anchor]` must be a timestamp in the future.",
+                    "subscription_data[billing_cycle_anchor]",
+                )
+            if anchor >= natural:
+                raise _invalid(
+                    "`subscription_data[billing_cycle_anchor]` must be before the subscription's "
+                    "next natural billing date.",
+                    "subscription_data[billing_cycle_anchor]",
+                )
+        proration = data.choice(
+            "proration_behavior", ("create_prorations", "none"), default="create_prorations"
+        )
+        session = self._new(
+            "checkout.session",
+            {
+                "cancel_url": p.text("cancel_url", max_length=5000),
+                "client_reference_id": p.text("client_reference_id", max_length=200),
+                "currency": prices[0]["currency"],
+                "customer": customer,
+                "customer_email": p.text("customer_email"),
+                "expires_at": now + DAY,
+                "metadata": p.metadata(),
+                "mode": mode,
+                "success_url": success_url,
+            },
+        )
+        session["url"] = f"https://checkout.stripe.com/c/pay/{session['id']}"
+        self._checkouts[session["id"]] = _CheckoutPlan(
+            lines=lines, anchor=anchor, proration_behavior=proration, metadata=data.metadata()
+        )
+        return self._reply("checkout.session", session, req)
+
+    def _portal_sessions_create(self, req: _Request) -> dict[str, Any]:
+        p = req.params
+        _only(p, {"customer", "return_url"})
+        customer = p.text("customer", required=True)
+        self._get("customer", customer, param="customer")
+        session = self._new(
+            "billing_portal.session",
+            {
+                "configuration": self._portal_configuration,
+                "customer": customer,
+                "return_url": p.text("return_url"),
+            },
+        )
+        session["url"] = f"https://billing.stripe.com/p/session/{session['id']}"
+        return self._reply("billing_portal.session", session, req)
+
+    # subscription schedules
+
+    def _schedules_create(self, req: _Request) -> dict[str, Any]:
+        p = req.params
+        sub_id = p.text("from_subscription")
+        if sub_id is None:
+            raise _invalid(
+                "The Stripe double only supports creating a schedule from_subscription.",
+                "from_subscription",
+            )
+        for key in p.data:
+            if key not in ("from_subscription", "expand"):
+                # Stripe: "other parameters (such as phase values) cannot be set"
+                raise _invalid(
+                    f"You cannot set `{key}` when creating a schedule from a subscription.", key
+                )
+        sub = self._get("subscription", sub_id, param="from_subscription")
+        if sub["status"] in _ENDED:
+            raise _invalid(
+                f"You cannot migrate a subscription with status `{sub['status']}`.",
+                "from_subscription",
+            )
+        if sub["schedule"] is not None:
+            raise _invalid(
+                "You cannot migrate a subscription that is already attached to a schedule",
+                "from_subscription",
+            )
+        period = _period(sub) or _month_bounds(self._now())
+        lines = [(item["price"], item["quantity"]) for item in sub["items"]["data"]]
+        phase = self._phase(sub["currency"], lines, *period)
+        schedule = self._new(
+            "subscription_schedule",
+            {
+                "current_phase": {"start_date": period[0], "end_date": period[1]},
+                "customer": sub["customer"],
+                "end_behavior": "cancel" if sub["cancel_at_period_end"] else "release",
+                "phases": [phase],
+                "status": "active",
+                "subscription": sub["id"],
+            },
+        )
+        sub["schedule"] = schedule["id"]
+        return self._reply("subscription_schedule", schedule, req)
+
+    def _schedule_phases(self, p: _Params, schedule: dict[str, Any]) -> list[dict[str, Any]]:
+        """The `phases` of an update: the first is the current phase (same start), each next one
+        starts when the previous ends; an end is `end_date`, `duration`, or one interval of the
+        phase's first price."""
+        now = self._now()
+        current = schedule["current_phase"]
+        currency = schedule["phases"][0]["currency"] if schedule["phases"] else "usd"
+        phases: list[dict[str, Any]] = []
+        previous_end: int | None = None
+        for index, raw in enumerate(p.array("phases", required=True)):
+            prefix = f"phases[{index}]"
+            ph = _check_keys(_element(raw, prefix), p1.SubscriptionScheduleUpdateParamsPhase)
+            _only(
+                ph,
+                {"duration", "end_date", "items", "metadata", "proration_behavior", "start_date"},
+            )
+            raw_start = ph.data.get("start_date")
+            given = None
+            if raw_start not in (None, ""):
+                given = now if raw_start == "now" else ph.integer("start_date")
+            if previous_end is None:
+                if given is None:
+                    raise _invalid(
+                        "The subscription schedule update is missing at least one phase with a "
+                        "`start_date` to anchor end dates to.",
+                        f"{prefix}[start_date]",
+                    )
+                if current is not None and given != current["start_date"]:
+                    raise _invalid(
+                        "You can not modify the start date of the current phase.",
+                        f"{prefix}[start_date]",
+                    )
+                start = given
+            else:
+                if given is not None and given != previous_end:
+                    raise _invalid(
+                        "Each phase must start when the previous phase ends.",
+                        f"{prefix}[start_date]",
+                    )
+                start = previous_end
+            lines: list[tuple[str, int | None]] = []
+            first_price: dict[str, Any] | None = None
+            for j, raw_item in enumerate(ph.array("items", required=True)):
+                item_prefix = f"{prefix}[items][{j}]"
+                item = _check_keys(
+                    _element(raw_item, item_prefix), p1.SubscriptionScheduleUpdateParamsPhaseItem
+                )
+                _only(item, {"plan", "price", "quantity"})
+                price_id = item.text("price") or item.text("plan")
+                if price_id is None:
+                    raise _missing(f"{item_prefix}[price]")
+                price = self._recurring_price(f"{item_prefix}[price]", price_id)
+                first_price = first_price or price
+                quantity = item.integer("quantity")
+                if _is_metered(price):
+                    if quantity is not None:
+                        raise _invalid(
+                            "You cannot set the quantity for metered plans.",
+                            f"{item_prefix}[quantity]",
+                        )
+                elif quantity is None:
+                    quantity = 1
+                lines.append((price_id, quantity))
+            if first_price is None:
+                raise _missing(f"{prefix}[items]")
+            currency = first_price["currency"]
+            if "end_date" in ph and "duration" in ph:
+                raise _invalid(
+                    "You may only specify one of these parameters: duration, end_date.",
+                    f"{prefix}[end_date]",
+                )
+            if ph.data.get("end_date") == "now":
+                raise _invalid(
+                    "The Stripe double does not support end_date=now.", f"{prefix}[end_date]"
+                )
+            if "end_date" in ph:
+                end = ph.integer("end_date")
+                assert end is not None
+            elif "duration" in ph:
+                duration = _check_keys(
+                    ph.hash("duration"), p1.SubscriptionScheduleUpdateParamsPhaseDuration
+                )
+                end = _add_interval(
+                    start,
+                    duration.choice("interval", ("day", "month", "week", "year")),
+                    duration.integer("interval_count") or 1,
+                )
+            else:  # one iteration of the phase's prices
+                recurring = first_price["recurring"]
+                end = _add_interval(start, recurring["interval"], recurring["interval_count"])
+            if end <= start or (previous_end is None and end <= now):
+                raise _invalid(
+                    "A phase must end after it starts, and the current phase in the future.",
+                    f"{prefix}[end_date]",
+                )
+            phases.append(
+                self._phase(
+                    currency,
+                    lines,
+                    start,
+                    end,
+                    metadata=ph.metadata(),
+                    proration_behavior=ph.choice(
+                        "proration_behavior",
+                        ("always_invoice", "create_prorations", "none"),
+                        default="create_prorations",
+                    ),
+                )
+            )
+            previous_end = end
+        return phases
+
+    def _schedules_update(self, req: _Request) -> dict[str, Any]:
+        p = req.params
+        schedule = self._get("subscription_schedule", req.args["id"])
+        if schedule["status"] not in ("not_started", "active"):
+            raise _invalid(
+                "You cannot update a subscription schedule that is currently in the "
+                f"`{schedule['status']}` status. It must be in `not_started`, `active` status "
+                "to be updated."
+            )
+        _only(p, {"end_behavior", "metadata", "phases", "proration_behavior"})
+        if "proration_behavior" in p:
+            p.choice("proration_behavior", ("always_invoice", "create_prorations", "none"))
+        end_behavior = schedule["end_behavior"]
+        if "end_behavior" in p:
+            end_behavior = p.choice("end_behavior", ("cancel", "none", "release", "renew"))
+            if end_behavior not in ("cancel", "release"):
+                raise _invalid(
+                    "The Stripe double only supports end_behavior release or cancel.",
+                    "end_behavior",
+                )
+        phases = self._schedule_phases(p, schedule) if "phases" in p else None
+        schedule["end_behavior"] = end_behavior
+        schedule["metadata"] = p.metadata(schedule["metadata"])
+        if phases is not None:
+            current = phases[0]
+            past = [ph for ph in schedule["phases"] if ph["end_date"] <= current["start_date"]]
+            schedule["phases"] = past + phases
+            schedule["current_phase"] = {
+                "start_date": current["start_date"],
+                "end_date": current["end_date"],
+            }
+            sub = self._objects["subscription"][schedule["subscription"]]
+            wanted = [(item["price"], item["quantity"]) for item in current["items"]]
+            if wanted != [(i["price"], i["quantity"]) for i in sub["items"]["data"]]:
+                # a change to the current phase applies now, as Stripe does
+                begin, end = _period(sub) or (current["start_date"], current["end_date"])
+                self._replace_items(sub, wanted, begin, end, self._now())
+        return self._reply("subscription_schedule", schedule, req)
+
+    def _schedules_release(self, req: _Request) -> dict[str, Any]:
+        schedule = self._get("subscription_schedule", req.args["id"])
+        req.params.boolean("preserve_cancel_date")
+        if schedule["status"] not in ("not_started", "active"):
+            raise _invalid(
+                "You cannot release a subscription schedule that is currently in the "
+                f"`{schedule['status']}` status. It must be in `not_started`, `active` status "
+                "to be released."
+            )
+        self._release(schedule, self._now())
+        return self._reply("subscription_schedule", schedule, req)
+
     def _invoices_list(self, req: _Request) -> dict[str, Any]:
         wanted = {k: req.params.text(k) for k in ("customer", "subscription", "status")}
         created = _range(req.params, "created")
@@ -2089,6 +2944,14 @@ def _range(p: _Params, key: str) -> Callable[[int], bool]:
     return lambda value: exact in (None, value)
 
 
+def _period(sub: dict[str, Any]) -> tuple[int, int] | None:
+    """A subscription's current period (its items', since API 2025-03-31)."""
+    items = sub["items"]["data"]
+    if not items:
+        return None
+    return items[0]["current_period_start"], items[0]["current_period_end"]
+
+
 def _invoice_subscription(invoice: dict[str, Any]) -> str | None:
     parent = invoice.get("parent") or {}
     details = parent.get("subscription_details") or {}
@@ -2175,6 +3038,54 @@ _ROUTES: list[_Route] = [
         "/v1/subscriptions/{id}",
         _retriever("subscription"),
         p1.SubscriptionRetrieveParams,
+    ),
+    _route(
+        "POST",
+        "/v1/subscriptions/{id}",
+        StripeDouble._subscriptions_update,
+        p1.SubscriptionUpdateParams,
+    ),
+    _route(
+        "POST",
+        "/v1/subscription_schedules",
+        StripeDouble._schedules_create,
+        p1.SubscriptionScheduleCreateParams,
+    ),
+    _route(
+        "GET",
+        "/v1/subscription_schedules/{id}",
+        _retriever("subscription_schedule"),
+        p1.SubscriptionScheduleRetrieveParams,
+    ),
+    _route(
+        "POST",
+        "/v1/subscription_schedules/{id}",
+        StripeDouble._schedules_update,
+        p1.SubscriptionScheduleUpdateParams,
+    ),
+    _route(
+        "POST",
+        "/v1/subscription_schedules/{id}/release",
+        StripeDouble._schedules_release,
+        p1.SubscriptionScheduleReleaseParams,
+    ),
+    _route(
+        "POST",
+        "/v1/checkout/sessions",
+        StripeDouble._checkout_sessions_create,
+        pcheckout.SessionCreateParams,
+    ),
+    _route(
+        "GET",
+        "/v1/checkout/sessions/{id}",
+        _retriever("checkout.session"),
+        pcheckout.SessionRetrieveParams,
+    ),
+    _route(
+        "POST",
+        "/v1/billing_portal/sessions",
+        StripeDouble._portal_sessions_create,
+        pportal.SessionCreateParams,
     ),
     _route("GET", "/v1/invoices", StripeDouble._invoices_list, p1.InvoiceListParams),
     _route(

@@ -1099,3 +1099,479 @@ def test_signatures_verify_like_stripes() -> None:
     ):
         with pytest.raises(stripe.SignatureVerificationError, match=message):
             stripe.WebhookSignature.verify_header(payload, bad, SECRET, 300)
+
+
+# --- checkout, schedules, the portal ------------------------------------------------------------
+
+
+def tier_prices(client: stripe.StripeClient, double: StripeDouble) -> dict[str, str]:
+    """Starter ($29, 1000 SMS free then 5 cents) and pro ($49, 5000 SMS free then 5 cents)."""
+    meter = double.add_meter("sms_sent")
+    product = client.v1.products.create(params={"name": "Meterline"}).id
+    ids: dict[str, str] = {}
+    for tier, amount, included in (("starter", 2900, 1000), ("pro", 4900, 5000)):
+        ids[f"{tier}_base"] = client.v1.prices.create(
+            params={
+                "product": product,
+                "currency": "usd",
+                "unit_amount": amount,
+                "recurring": {"interval": "month"},
+                "lookup_key": f"tier_{tier}",
+            }
+        ).id
+        ids[f"{tier}_sms"] = client.v1.prices.create(
+            params=graduated(product, meter, included, "5", lookup_key=f"meter_{tier}_sms_sent")
+        ).id
+    return ids
+
+
+def checkout_params(ids: dict[str, str], **extra: Any) -> dict[str, Any]:
+    return {
+        "mode": "subscription",
+        "line_items": [
+            {"price": ids["starter_base"], "quantity": 1},
+            {"price": ids["starter_sms"]},
+        ],
+        "success_url": "https://app.example/billing/done",
+        "cancel_url": "https://app.example/billing",
+        "subscription_data": {
+            "billing_cycle_anchor": FEB_1,
+            "proration_behavior": "create_prorations",
+            "metadata": {"company_id": "c-1"},
+        },
+        "metadata": {"company_id": "c-1"},
+        **extra,
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "param", "message"),
+    [
+        (
+            lambda p, ids: p["line_items"][1].update(quantity=1),
+            "line_items[1][quantity]",
+            "Quantity should not be specified where usage_type is `metered`",
+        ),
+        (
+            lambda p, ids: p["line_items"][0].pop("quantity"),
+            "line_items[0][quantity]",
+            "Quantity is required",
+        ),
+        (lambda p, ids: p.pop("success_url"), "success_url", "Missing required param"),
+        (lambda p, ids: p.pop("line_items"), "line_items", "Missing required param"),
+        (
+            lambda p, ids: p["subscription_data"].update(billing_cycle_anchor=NOW - 1),
+            "subscription_data[billing_cycle_anchor]",
+            "must be a timestamp in the future",
+        ),
+        (
+            lambda p, ids: p["subscription_data"].update(billing_cycle_anchor=NOW + 40 * DAY),
+            "subscription_data[billing_cycle_anchor]",
+            "next natural billing date",
+        ),
+        (
+            lambda p, ids: p["line_items"][0].update(price="price_missing"),
+            "line_items[0][price]",
+            "No such price: 'price_missing'",
+        ),
+        (
+            lambda p, ids: p["line_items"][0].update(prices="x"),
+            "line_items[0][prices]",
+            "Received unknown parameter",
+        ),
+        (
+            lambda p, ids: p["subscription_data"].update(proration_behavior="always_invoice"),
+            "subscription_data[proration_behavior]",
+            "Invalid proration_behavior",
+        ),
+        (lambda p, ids: p.update(customer="cus_missing"), "customer", "No such customer"),
+    ],
+    ids=[
+        "quantity-on-metered",
+        "no-quantity-on-licensed",
+        "no-success-url",
+        "no-line-items",
+        "anchor-in-the-past",
+        "anchor-beyond-a-period",
+        "unknown-price",
+        "unknown-line-item-param",
+        "bad-proration",
+        "unknown-customer",
+    ],
+)
+def test_checkout_session_validation(
+    double: StripeDouble,
+    client: stripe.StripeClient,
+    change: Callable[[dict[str, Any], dict[str, str]], Any],
+    param: str,
+    message: str,
+) -> None:
+    ids = tier_prices(client, double)
+    params = checkout_params(ids)
+    change(params, ids)
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        client.v1.checkout.sessions.create(params=params)
+    assert refused.value.http_status == 400
+    assert refused.value.param == param
+    assert message in (refused.value.user_message or "")
+    assert not double._objects["checkout.session"]
+
+
+async def test_completed_checkout_starts_an_anchored_prorated_subscription(
+    double: StripeDouble, client: stripe.StripeClient
+) -> None:
+    ids = tier_prices(client, double)
+    session = await client.v1.checkout.sessions.create_async(params=checkout_params(ids))
+    assert session.object == "checkout.session" and session.id.startswith("cs_test_")
+    assert session.url == f"https://checkout.stripe.com/c/pay/{session.id}"
+    assert (session.status, session.mode, session.customer, session.subscription) == (
+        "open",
+        "subscription",
+        None,
+        None,
+    )
+    assert session.expires_at == NOW + DAY and session.metadata.to_dict() == {"company_id": "c-1"}
+    assert session.success_url == "https://app.example/billing/done"
+
+    completed = double.complete_checkout(session.id)
+    assert completed["type"] == "checkout.session.completed"
+    paid = completed["data"]["object"]
+    assert (paid["status"], paid["payment_status"], paid["url"]) == ("complete", "paid", None)
+    assert paid["customer"].startswith("cus_") and paid["subscription"].startswith("sub_")
+    served = await client.v1.events.retrieve_async(completed["id"])
+    assert served.data.object["subscription"] == paid["subscription"]
+
+    again = await client.v1.checkout.sessions.retrieve_async(session.id)
+    assert (again.status, again.customer, again.subscription) == (
+        "complete",
+        paid["customer"],
+        paid["subscription"],
+    )
+    sub = await client.v1.subscriptions.retrieve_async(paid["subscription"])
+    assert (sub.customer, sub.status, sub.start_date, sub.billing_cycle_anchor) == (
+        paid["customer"],
+        "active",
+        NOW,
+        FEB_1,
+    )
+    assert sub.metadata.to_dict() == {"company_id": "c-1"} and sub.schedule is None
+    items = sub["items"].data
+    assert [(i.price.id, i.quantity) for i in items] == [
+        (ids["starter_base"], 1),
+        (ids["starter_sms"], None),
+    ]
+    assert {(i.current_period_start, i.current_period_end) for i in items} == {(NOW, FEB_1)}
+    with pytest.raises(ValueError, match="is complete"):
+        double.complete_checkout(session.id)
+
+    # an existing customer is kept; without an anchor the period is one natural month
+    customer = double.add_customer()
+    params = checkout_params(ids, customer=customer)
+    del params["subscription_data"]
+    plain = await client.v1.checkout.sessions.create_async(params=params)
+    sub_id = double.complete_checkout(plain.id)["data"]["object"]["subscription"]
+    plain_sub = double.get_object(sub_id)
+    assert (plain_sub["customer"], plain_sub["billing_cycle_anchor"]) == (customer, NOW)
+    assert plain_sub["items"]["data"][0]["current_period_end"] == NOW + 31 * DAY
+    with pytest.raises(stripe.InvalidRequestError) as missing:
+        await client.v1.checkout.sessions.retrieve_async("cs_test_missing")
+    assert missing.value.http_status == 404
+
+
+def two_phases(schedule: Any, ids: dict[str, str], tier: str = "pro") -> list[dict[str, Any]]:
+    current = schedule.phases[0]
+    return [
+        {
+            "items": [
+                {"price": item.price, **({"quantity": item.quantity} if item.quantity else {})}
+                for item in current["items"]
+            ],
+            "start_date": current.start_date,
+            "end_date": current.end_date,
+        },
+        {"items": [{"price": ids[f"{tier}_base"], "quantity": 1}, {"price": ids[f"{tier}_sms"]}]},
+    ]
+
+
+def test_schedule_create_update_release_and_refusals(
+    double: StripeDouble, client: stripe.StripeClient
+) -> None:
+    ids = tier_prices(client, double)
+    sub_id = double.add_subscription("cus_a", [ids["starter_base"], ids["starter_sms"]])
+    schedule = client.v1.subscription_schedules.create(params={"from_subscription": sub_id})
+    assert schedule.id.startswith("sub_sched_") and schedule.object == "subscription_schedule"
+    assert (schedule.status, schedule.end_behavior, schedule.subscription) == (
+        "active",
+        "release",
+        sub_id,
+    )
+    assert (schedule.current_phase.start_date, schedule.current_phase.end_date) == (JAN_1, FEB_1)
+    phase = schedule.phases[0]
+    assert [(i.price, i.quantity) for i in phase["items"]] == [
+        (ids["starter_base"], 1),
+        (ids["starter_sms"], None),
+    ]
+    assert (phase.start_date, phase.end_date) == (JAN_1, FEB_1)
+    assert client.v1.subscriptions.retrieve(sub_id).schedule == schedule.id
+
+    with pytest.raises(stripe.InvalidRequestError) as twice:
+        client.v1.subscription_schedules.create(params={"from_subscription": sub_id})
+    assert twice.value.user_message == (
+        "You cannot migrate a subscription that is already attached to a schedule"
+    )
+    with pytest.raises(stripe.InvalidRequestError) as direct:
+        client.v1.subscriptions.update(sub_id, params={"cancel_at_period_end": True})
+    assert direct.value.user_message == (
+        f"The subscription is managed by the subscription schedule `{schedule.id}`, and updating "
+        "any cancelation behavior directly is not allowed. Please update the schedule instead."
+    )
+
+    phases = two_phases(schedule, ids)
+    refusals: list[tuple[Any, str]] = [
+        ({**phases[0], "start_date": "now"}, "You can not modify the start date"),
+        ({k: v for k, v in phases[0].items() if k != "start_date"}, "missing at least one phase"),
+    ]
+    for first, message in refusals:
+        with pytest.raises(stripe.InvalidRequestError) as refused:
+            client.v1.subscription_schedules.update(
+                schedule.id, params={"phases": [first, phases[1]]}
+            )
+        assert message in (refused.value.user_message or "")
+    for second, param in (
+        ({**phases[1], "start_date": FEB_1 + 1}, "phases[1][start_date]"),
+        ({**phases[1], "iterations": 1}, "phases[1][iterations]"),
+        (
+            {"items": [{"price": ids["pro_sms"], "quantity": 2}]},
+            "phases[1][items][0][quantity]",
+        ),
+        ({"items": [{"price": "price_missing"}]}, "phases[1][items][0][price]"),
+    ):
+        with pytest.raises(stripe.InvalidRequestError) as refused:
+            client.v1.subscription_schedules.update(
+                schedule.id,
+                params={"phases": [phases[0], second]},
+            )
+        assert refused.value.param == param
+
+    updated = client.v1.subscription_schedules.update(
+        schedule.id,
+        params={
+            "phases": phases,
+            "end_behavior": "release",
+            "proration_behavior": "none",
+        },
+    )
+    assert [(ph.start_date, ph.end_date) for ph in updated.phases] == [
+        (JAN_1, FEB_1),
+        (FEB_1, MAR_1),  # no end given: one iteration of the monthly prices
+    ]
+    assert [(i.price, i.quantity) for i in updated.phases[1]["items"]] == [
+        (ids["pro_base"], 1),
+        (ids["pro_sms"], None),
+    ]
+    retrieved = client.v1.subscription_schedules.retrieve(
+        schedule.id, params={"expand": ["subscription", "phases.items.price"]}
+    )
+    assert retrieved.subscription.id == sub_id
+    assert retrieved.phases[1]["items"][1].price.lookup_key == "meter_pro_sms_sent"
+    # the current phase is unchanged: so are the subscription's items
+    assert [i["price"]["id"] for i in double.get_object(sub_id)["items"]["data"]] == [
+        ids["starter_base"],
+        ids["starter_sms"],
+    ]
+
+    released = client.v1.subscription_schedules.release(schedule.id)
+    assert (released.status, released.released_subscription, released.subscription) == (
+        "released",
+        sub_id,
+        None,
+    )
+    assert released.released_at == NOW and released.current_phase is None
+    assert client.v1.subscriptions.retrieve(sub_id).schedule is None
+    with pytest.raises(stripe.InvalidRequestError) as after:
+        client.v1.subscription_schedules.update(schedule.id, params={"end_behavior": "cancel"})
+    assert "`released` status" in (after.value.user_message or "")
+    with pytest.raises(stripe.InvalidRequestError):
+        client.v1.subscription_schedules.release(schedule.id)
+    # free again: a new schedule may take it
+    assert client.v1.subscription_schedules.create(params={"from_subscription": sub_id}).id
+    with pytest.raises(stripe.InvalidRequestError) as missing:
+        client.v1.subscription_schedules.retrieve("sub_sched_missing")
+    assert missing.value.http_status == 404
+
+
+async def test_schedules_switch_prices_on_the_first_and_previews_follow(
+    double: StripeDouble, client: stripe.StripeClient
+) -> None:
+    ids = tier_prices(client, double)
+    sub_id = double.add_subscription(
+        "cus_a", [ids["starter_base"], ids["starter_sms"]], metadata={"company_id": "c-1"}
+    )
+    schedule = await client.v1.subscription_schedules.create_async(
+        params={"from_subscription": sub_id}
+    )
+    await client.v1.subscription_schedules.update_async(
+        schedule.id,
+        params={"phases": two_phases(schedule, ids)},
+    )
+    await client.v1.billing.meter_events.create_async(
+        params=event("cus_a", "1500", identifier="jan")
+    )
+
+    def lines(preview: Any) -> list[tuple[str, int, int, int]]:
+        return [
+            (line.pricing.price_details.price, line.quantity, line.amount, line.period.start)
+            for line in preview.lines.data
+        ]
+
+    mid_january = await client.v1.invoices.create_preview_async(params={"subscription": sub_id})
+    assert lines(mid_january) == [
+        (ids["starter_base"], 1, 2900, FEB_1),
+        (ids["starter_sms"], 1500, 2500, JAN_1),  # 500 beyond starter's 1000, at 5 cents
+    ]
+    assert double.metered_subtotal(mid_january.to_dict()) == 2500
+    assert double.apply_schedules() == []  # nothing is due yet
+
+    double.advance_to(FEB_1 + 3600)
+    events = double.apply_schedules()
+    assert [(e["type"], e["created"]) for e in events] == [("customer.subscription.updated", FEB_1)]
+    moved = events[0]["data"]["object"]
+    assert [(i["price"]["id"], i["created"]) for i in moved["items"]["data"]] == [
+        (ids["pro_base"], FEB_1),
+        (ids["pro_sms"], FEB_1),
+    ]
+    previous = events[0]["data"]["previous_attributes"]["items"]["data"]
+    assert [i["price"]["id"] for i in previous] == [ids["starter_base"], ids["starter_sms"]]
+    sub = await client.v1.subscriptions.retrieve_async(sub_id)
+    assert {(i.current_period_start, i.current_period_end) for i in sub["items"].data} == {
+        (FEB_1, MAR_1)
+    }
+    assert sub.metadata.to_dict() == {"company_id": "c-1"} and sub.schedule == schedule.id
+    current = (await client.v1.subscription_schedules.retrieve_async(schedule.id)).current_phase
+    assert (current.start_date, current.end_date) == (FEB_1, MAR_1)
+
+    await client.v1.billing.meter_events.create_async(
+        params=event("cus_a", "6000", identifier="feb", timestamp=FEB_1 + 60)
+    )
+    february = await client.v1.invoices.create_preview_async(params={"subscription": sub_id})
+    assert lines(february) == [
+        (ids["pro_base"], 1, 4900, MAR_1),
+        (ids["pro_sms"], 6000, 5000, FEB_1),  # January's 1500 are not in February
+    ]
+    assert double.metered_subtotal(february.to_dict()) == 5000
+    assert double.metered_subtotal(double.invoice_for_month(sub_id, FEB_1, status="draft")) == 5000
+    assert double.apply_schedules() == []  # idempotent at the same moment
+
+    # at the last phase's end the schedule releases the subscription, which then renews
+    double.advance_to(MAR_1)
+    events = double.apply_schedules()
+    assert [(e["type"], e["created"]) for e in events] == [
+        ("customer.subscription.updated", MAR_1),
+        ("customer.subscription.updated", MAR_1),
+    ]
+    assert events[0]["data"]["previous_attributes"] == {"schedule": schedule.id}
+    assert events[0]["data"]["object"]["schedule"] is None
+    released = await client.v1.subscription_schedules.retrieve_async(schedule.id)
+    assert (released.status, released.released_at) == ("released", MAR_1)
+    renewed = double.get_object(sub_id)["items"]["data"]
+    assert [(i["price"]["id"], i["current_period_start"]) for i in renewed] == [
+        (ids["pro_base"], MAR_1),
+        (ids["pro_sms"], MAR_1),
+    ]
+
+
+def test_cancel_at_period_end_ends_the_subscription_at_the_period_end(
+    double: StripeDouble, client: stripe.StripeClient
+) -> None:
+    ids = tier_prices(client, double)
+    sub_id = double.add_subscription("cus_a", [ids["starter_base"], ids["starter_sms"]])
+    other = double.add_subscription("cus_b", [ids["pro_base"]])
+    asked = client.v1.subscriptions.update(
+        sub_id, params={"cancel_at_period_end": True, "metadata": {"why": "downgrade"}}
+    )
+    assert (asked.status, asked.cancel_at_period_end, asked.cancel_at, asked.canceled_at) == (
+        "active",
+        True,
+        FEB_1,
+        NOW,
+    )
+    assert asked.metadata.to_dict() == {"why": "downgrade"}
+    undone = client.v1.subscriptions.update(sub_id, params={"cancel_at_period_end": False})
+    assert (undone.cancel_at_period_end, undone.cancel_at, undone.canceled_at) == (
+        False,
+        None,
+        None,
+    )
+    client.v1.subscriptions.update(
+        sub_id, params={"cancel_at_period_end": True, "proration_behavior": "none"}
+    )
+    with pytest.raises(stripe.InvalidRequestError) as unsupported:
+        client.v1.subscriptions.update(sub_id, params={"items": [{"price": ids["pro_base"]}]})
+    assert unsupported.value.param == "items"
+
+    double.advance_to(FEB_1 + 60)
+    events = double.apply_schedules()
+    assert [(e["type"], e["data"]["object"]["id"]) for e in events] == [
+        ("customer.subscription.deleted", sub_id),
+        ("customer.subscription.updated", other),  # an ordinary subscription renews
+    ]
+    ended = client.v1.subscriptions.retrieve(sub_id)
+    assert (ended.status, ended.ended_at, ended.canceled_at) == ("canceled", FEB_1, NOW)
+    assert ended.cancellation_details.reason == "cancellation_requested"
+    renewed = client.v1.subscriptions.retrieve(other)["items"].data[0]
+    assert (renewed.current_period_start, renewed.current_period_end) == (FEB_1, MAR_1)
+
+    with pytest.raises(stripe.InvalidRequestError) as canceled:
+        client.v1.subscriptions.update(sub_id, params={"cancel_at_period_end": False})
+    assert canceled.value.user_message == (
+        "A canceled subscription can only update its cancellation_details and metadata."
+    )
+    kept = client.v1.subscriptions.update(
+        sub_id, params={"metadata": {"why": ""}, "cancellation_details": {"comment": "bye"}}
+    )
+    assert kept.metadata.to_dict() == {} and kept.cancellation_details.comment == "bye"
+    with pytest.raises(stripe.InvalidRequestError) as migrate:
+        client.v1.subscription_schedules.create(params={"from_subscription": sub_id})
+    assert migrate.value.param == "from_subscription"
+
+
+def test_a_schedule_ending_with_cancel_cancels_at_its_end(
+    double: StripeDouble, client: stripe.StripeClient
+) -> None:
+    ids = tier_prices(client, double)
+    sub_id = double.add_subscription("cus_a", [ids["starter_base"], ids["starter_sms"]])
+    schedule = client.v1.subscription_schedules.create(params={"from_subscription": sub_id})
+    client.v1.subscription_schedules.update(schedule.id, params={"end_behavior": "cancel"})
+    double.advance_to(FEB_1 + 5)
+    events = double.apply_schedules()
+    assert [(e["type"], e["created"]) for e in events] == [("customer.subscription.deleted", FEB_1)]
+    ended = client.v1.subscriptions.retrieve(sub_id)
+    assert (ended.status, ended.ended_at) == ("canceled", FEB_1)
+    done = client.v1.subscription_schedules.retrieve(schedule.id)
+    assert (done.status, done.completed_at) == ("completed", FEB_1)
+
+
+def test_billing_portal_session(double: StripeDouble, client: stripe.StripeClient) -> None:
+    customer = double.add_customer()
+    session = client.v1.billing_portal.sessions.create(
+        params={"customer": customer, "return_url": "https://app.example/billing"}
+    )
+    assert session.object == "billing_portal.session" and session.id.startswith("bps_")
+    assert session.url == f"https://billing.stripe.com/p/session/{session.id}"
+    assert (session.customer, session.return_url, session.created) == (
+        customer,
+        "https://app.example/billing",
+        NOW,
+    )
+    assert session.configuration.startswith("bpc_")
+    for params, code, param in (
+        ({"return_url": "https://app.example"}, "parameter_missing", "customer"),
+        ({"customer": "cus_missing"}, "resource_missing", "customer"),
+    ):
+        with pytest.raises(stripe.InvalidRequestError) as refused:
+            client.v1.billing_portal.sessions.create(params=params)
+        assert (refused.value.http_status, refused.value.code, refused.value.param) == (
+            400,
+            code,
+            param,
+        )

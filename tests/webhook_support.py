@@ -32,6 +32,7 @@ from tests.stripe_double import StripeDouble, sign_payload
 SNAPSHOT_SECRET = "whsec_test_snapshot_0123456789"
 THIN_SECRET = "whsec_test_thin_0123456789abcdef"
 NOV_20 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+APP_ORIGIN = "https://app.weddingflow.test"
 
 
 @dataclass
@@ -116,6 +117,9 @@ async def make_world(database_url: str, clock: Clock, double: StripeDouble) -> S
         stripe_api_base=double.url,
         stripe_webhook_secret=SNAPSHOT_SECRET,
         stripe_thin_webhook_secret=THIN_SECRET,
+        checkout_success_url=f"{APP_ORIGIN}/billing?checkout=success",
+        checkout_cancel_url=f"{APP_ORIGIN}/billing?checkout=canceled",
+        billing_return_origins=(APP_ORIGIN,),
     )
     client = make_client(settings, timeout=5.0)
     try:

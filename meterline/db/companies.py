@@ -162,10 +162,11 @@ async def set_subscription(
     try:
         row = await sql.fetchrow(
             f"UPDATE companies SET stripe_customer_id = $2, stripe_subscription_id = $3, "
-            f"subscription_status = $4, tier = $5, "
+            f"subscription_status = $4, tier = $5::varchar, "
             f"usage_stamped_from = COALESCE($6, usage_stamped_from), "
             # a scheduled change that took effect is no longer pending
-            f"scheduled_tier = CASE WHEN scheduled_tier = $5 OR $5 = 'free' THEN NULL "
+            f"scheduled_tier = CASE WHEN scheduled_tier = $5::varchar OR $5::varchar = 'free' "
+            f"THEN NULL "
             f"ELSE scheduled_tier END "
             f"WHERE id = $1 RETURNING {_COLUMNS}",
             company_id,

@@ -1,0 +1,371 @@
+"""The subscription lifecycle through GraphQL against the Stripe double: checkout, plan changes
+on the 1st, cancellation, resumption, the billing portal, roles and Stripe failures."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from meterline.billing.catalog import EventType, Tier
+from meterline.db import subscriptions
+from meterline.jobs.sync import SyncJob
+from meterline.services import usage
+from meterline.services.lifecycle import plan_lookup_keys
+from meterline.stripe_gateway.client import close_client, make_client
+from tests.conftest import make_token, service_token
+from tests.test_cli import meterline
+from tests.webhook_support import APP_ORIGIN, NOV_20, StripeWorld, company_row
+
+NOV_1 = datetime(2026, 11, 1, tzinfo=UTC)
+DEC_1 = datetime(2026, 12, 1, tzinfo=UTC)
+
+CHECKOUT = """mutation($tier: SubscriptionTier!) { startCheckout(tier: $tier) { __typename
+  ... on CheckoutStarted { url sessionId expiresAt }
+  ... on StripeNotReady { missingPrices message } } }"""
+CHANGE = """mutation($tier: SubscriptionTier!) { changeTier(tier: $tier) { __typename
+  ... on TierChangeScheduled { tier effectiveAt }
+  ... on TierChangeCanceled { tier message }
+  ... on CancellationScheduled { effectiveAt message }
+  ... on NoSubscription { message }
+  ... on StripeNotReady { missingPrices } } }"""
+CANCEL = """mutation { cancelSubscription { __typename
+  ... on CancellationScheduled { effectiveAt message } ... on NoSubscription { message } } }"""
+RESUME = """mutation { resumeSubscription { __typename
+  ... on SubscriptionResumed { tier } ... on NoSubscription { message }
+  ... on NothingToResume { message } } }"""
+PORTAL = """mutation($url: String!) { billingPortalUrl(returnUrl: $url) { __typename
+  ... on BillingPortalSession { url } ... on NoSubscription { message } } }"""
+LIMITS = "{ usageLimits { tier scheduledTier subscriptionStatus } }"
+
+
+async def call(
+    world: StripeWorld, company_id: uuid.UUID, query: str, role: str = "company_admin", **v: Any
+) -> dict[str, Any]:
+    token = service_token(company_id) if role == "service" else make_token(company_id, role)
+    return await world.api.gql(query, v, token=token)
+
+
+async def result(world: StripeWorld, company_id: uuid.UUID, query: str, **v: Any) -> Any:
+    body = await call(world, company_id, query, **v)
+    assert "errors" not in body, body
+    return next(iter(body["data"].values()))
+
+
+def error_code(body: dict[str, Any]) -> str:
+    assert body.get("errors"), body
+    code: str = body["errors"][0]["extensions"]["code"]
+    return code
+
+
+async def limits(world: StripeWorld, company_id: uuid.UUID) -> dict[str, Any]:
+    return dict(await result(world, company_id, LIMITS))
+
+
+async def checked_out(world: StripeWorld, tier: Tier = Tier.STARTER) -> tuple[uuid.UUID, str]:
+    """A free company that checks out now and pays: (company, subscription)."""
+    company_id = uuid.uuid4()
+    started = await result(world, company_id, CHECKOUT, tier=tier.name)
+    assert started["__typename"] == "CheckoutStarted", started
+    completed = world.double.complete_checkout(started["sessionId"])
+    assert (await world.deliver(completed)).status_code == 200
+    subscription = completed["data"]["object"]["subscription"]
+    await world.send("customer.subscription.created", subscription)
+    return company_id, subscription
+
+
+async def test_checkout_creates_the_six_prices_with_the_anchor_and_metadata(
+    world: StripeWorld,
+) -> None:
+    company_id, subscription = await checked_out(world, Tier.PROFESSIONAL)
+    sub = world.double.get_object(subscription)
+    prices = sorted(item["price"]["lookup_key"] for item in sub["items"]["data"])
+    assert prices == sorted(plan_lookup_keys(Tier.PROFESSIONAL))
+    quantities = {i["price"]["lookup_key"]: i["quantity"] for i in sub["items"]["data"]}
+    assert quantities["tier_professional"] == 1
+    assert {q for k, q in quantities.items() if k.startswith("meter_")} == {None}
+    assert sub["metadata"] == {"company_id": str(company_id)}
+    assert sub["billing_cycle_anchor"] == int(DEC_1.timestamp())  # the next 1st
+    item = sub["items"]["data"][0]
+    assert (item["current_period_start"], item["current_period_end"]) == (
+        int(NOV_20.timestamp()),
+        int(DEC_1.timestamp()),
+    )  # a prorated first period
+    company = await company_row(company_id)
+    assert (company.tier, company.stripe_subscription_id) == (Tier.PROFESSIONAL, subscription)
+
+
+async def test_checkout_session_urls_and_expiry(world: StripeWorld) -> None:
+    company_id = uuid.uuid4()
+    started = await result(world, company_id, CHECKOUT, tier="STARTER")
+    session = world.double.get_object(started["sessionId"])
+    assert started["url"] == session["url"] and session["mode"] == "subscription"
+    assert session["success_url"] == f"{APP_ORIGIN}/billing?checkout=success"
+    assert session["cancel_url"] == f"{APP_ORIGIN}/billing?checkout=canceled"
+    assert session["metadata"] == {"company_id": str(company_id)}
+    # The same click again within the hour: the same session (idempotency key).
+    again = await result(world, company_id, CHECKOUT, tier="STARTER")
+    assert again["sessionId"] == started["sessionId"]
+
+
+@pytest.mark.parametrize("tier", ["FREE", "STARTER"])
+async def test_checkout_is_refused_for_free_and_for_a_subscribed_company(
+    world: StripeWorld, tier: str
+) -> None:
+    company_id = uuid.uuid4()
+    if tier == "STARTER":
+        company_id, _ = await checked_out(world)
+    body = await call(world, company_id, CHECKOUT, tier=tier)
+    assert error_code(body) == "BAD_USER_INPUT"
+
+
+async def test_checkout_without_the_tiers_prices_says_what_is_missing(world: StripeWorld) -> None:
+    client = make_client(world.api.settings, timeout=5.0)
+    try:
+        await client.v1.prices.update_async(
+            world.prices["meter_starter_sms_sent"], {"active": False}
+        )
+    finally:
+        await close_client(client)
+    refused = await result(world, uuid.uuid4(), CHECKOUT, tier="STARTER")
+    assert refused["__typename"] == "StripeNotReady"
+    assert refused["missingPrices"] == ["meter_starter_sms_sent"]
+
+
+# --- plan changes on the 1st ------------------------------------------------------------------
+
+
+async def record(
+    company_id: uuid.UUID, event_type: EventType, quantity: int, now: datetime
+) -> None:
+    outcome = await usage.record_usage(
+        company_id,
+        usage.RecordRequest(event_type=event_type, quantity=quantity, occurred_at=now),
+        now=now,
+        late_grace_hours=1,
+    )
+    assert isinstance(outcome, usage.Recorded), outcome
+
+
+async def sync(world: StripeWorld, company_id: uuid.UUID) -> None:
+    client = make_client(world.api.settings, timeout=5.0)
+    try:
+        report = await SyncJob(client=client, clock=world.clock, company_ids=[company_id]).run()
+    finally:
+        await close_client(client)
+    assert report.failed == 0 and report.pending == 0
+
+
+async def metered_preview_cents(world: StripeWorld, subscription: str) -> int:
+    sub = world.double.get_object(subscription)
+    client = make_client(world.api.settings, timeout=5.0)
+    try:
+        preview = await client.v1.invoices.create_preview_async(
+            {"customer": sub["customer"], "subscription": subscription}
+        )
+    finally:
+        await close_client(client)
+    return world.double.metered_subtotal(preview.to_dict())
+
+
+async def overage(world: StripeWorld, company_id: uuid.UUID, month: str) -> Decimal:
+    data = await result(
+        world,
+        company_id,
+        f'{{ monthlySummary(month: "{month}") {{ totalOverageCost {{ amount }} }} }}',
+    )
+    return Decimal(data["totalOverageCost"]["amount"])
+
+
+async def test_a_month_with_an_upgrade_scheduled_mid_month_bills_old_then_new(
+    world: StripeWorld,
+) -> None:
+    world.clock.set(NOV_1 - timedelta(days=1))
+    company_id, subscription = await checked_out(world, Tier.STARTER)  # anchored to Nov 1
+    world.clock.set(NOV_1 + timedelta(hours=1))
+    for event in world.double.apply_schedules():  # Stripe renews on the 1st
+        await world.deliver(event)
+    await record(company_id, EventType.SMS_SENT, 1_300, NOV_1 + timedelta(days=3))
+    await record(company_id, EventType.AI_QUERY, 61, NOV_1 + timedelta(days=9))
+
+    world.clock.set(NOV_1 + timedelta(days=14))
+    scheduled = await result(world, company_id, CHANGE, tier="PROFESSIONAL")
+    assert scheduled == {
+        "__typename": "TierChangeScheduled",
+        "tier": "PROFESSIONAL",
+        "effectiveAt": DEC_1.isoformat(),
+    }
+    shown = await limits(world, company_id)
+    assert (shown["tier"], shown["scheduledTier"]) == ("STARTER", "PROFESSIONAL")
+    world.clock.set(NOV_1 + timedelta(days=20))
+    await record(company_id, EventType.SMS_SENT, 200, world.clock())
+    await sync(world, company_id)
+
+    world.clock.set(DEC_1 - timedelta(seconds=1))
+    november = await overage(world, company_id, "2026-11")
+    assert november == Decimal("27.20")  # (1,500 - 1,000) x 0.05 + (61 - 50) x 0.20
+    assert Decimal(await metered_preview_cents(world, subscription)) / 100 == november
+
+    world.clock.set(DEC_1 + timedelta(minutes=10))
+    world.double.advance_to(int(DEC_1.timestamp()))
+    events = world.double.apply_schedules()
+    world.double.now = lambda: int(world.clock().timestamp())
+    for event in events:
+        assert (await world.deliver(event)).status_code == 200
+    shown = await limits(world, company_id)
+    assert (shown["tier"], shown["scheduledTier"]) == ("PROFESSIONAL", None)
+    world.clock.set(DEC_1 + timedelta(days=2))
+    await record(company_id, EventType.SMS_SENT, 5_100, world.clock())
+    await sync(world, company_id)
+    december = await overage(world, company_id, "2026-12")
+    assert december == Decimal("5.00")  # (5,100 - 5,000) x 0.05 at the professional tier
+    assert Decimal(await metered_preview_cents(world, subscription)) / 100 == december
+    assert await overage(world, company_id, "2026-11") == november  # November keeps starter
+
+
+async def test_changing_again_replaces_and_the_current_tier_withdraws(world: StripeWorld) -> None:
+    company_id, subscription = await checked_out(world)
+    assert (await result(world, company_id, CHANGE, tier="PROFESSIONAL"))["tier"] == "PROFESSIONAL"
+    assert (await result(world, company_id, CHANGE, tier="ENTERPRISE"))["tier"] == "ENTERPRISE"
+    sub = world.double.get_object(subscription)
+    schedule = world.double.get_object(sub["schedule"])
+    next_prices = {i["price"] for i in schedule["phases"][-1]["items"]}
+    assert next_prices == set(world.tier_prices(Tier.ENTERPRISE))
+    assert (await limits(world, company_id))["scheduledTier"] == "ENTERPRISE"
+    withdrawn = await result(world, company_id, CHANGE, tier="STARTER")
+    assert withdrawn["__typename"] == "TierChangeCanceled"
+    assert world.double.get_object(subscription)["schedule"] is None
+    assert (await limits(world, company_id))["scheduledTier"] is None
+
+
+async def test_cancel_at_period_end_resume_and_the_end(world: StripeWorld) -> None:
+    company_id, subscription = await checked_out(world)
+    cancelled = await result(world, company_id, CANCEL)
+    assert cancelled["__typename"] == "CancellationScheduled"
+    assert cancelled["effectiveAt"] == DEC_1.isoformat()
+    assert world.double.get_object(subscription)["cancel_at_period_end"] is True
+    assert (await limits(world, company_id))["scheduledTier"] == "FREE"
+    resumed = await result(world, company_id, RESUME)
+    assert resumed == {"__typename": "SubscriptionResumed", "tier": "STARTER"}
+    assert world.double.get_object(subscription)["cancel_at_period_end"] is False
+    assert (await limits(world, company_id))["scheduledTier"] is None
+    nothing = await result(world, company_id, RESUME)
+    assert nothing["__typename"] == "NothingToResume"
+    # FREE through changeTier is the same cancellation; it ends on the 1st.
+    assert (await result(world, company_id, CHANGE, tier="FREE"))["__typename"] == (
+        "CancellationScheduled"
+    )
+    world.clock.set(DEC_1 + timedelta(minutes=5))
+    world.double.advance_to(int(DEC_1.timestamp()))
+    events = world.double.apply_schedules()
+    world.double.now = lambda: int(world.clock().timestamp())
+    for event in events:
+        await world.deliver(event)
+    shown = await limits(world, company_id)
+    assert (shown["tier"], shown["subscriptionStatus"]) == ("FREE", "CANCELED")
+
+
+async def test_a_pending_change_then_a_cancellation(world: StripeWorld) -> None:
+    company_id, subscription = await checked_out(world)
+    await result(world, company_id, CHANGE, tier="PROFESSIONAL")
+    cancelled = await result(world, company_id, CANCEL)  # releases the schedule first
+    assert cancelled["__typename"] == "CancellationScheduled"
+    sub = world.double.get_object(subscription)
+    assert sub["schedule"] is None and sub["cancel_at_period_end"] is True
+    assert (await limits(world, company_id))["scheduledTier"] == "FREE"
+
+
+async def test_free_companies_have_nothing_to_change(world: StripeWorld) -> None:
+    company_id = uuid.uuid4()
+    for query, variables in ((CHANGE, {"tier": "STARTER"}), (CANCEL, {}), (RESUME, {})):
+        refused = await result(world, company_id, query, **variables)
+        assert refused["__typename"] == "NoSubscription", refused
+    portal = await result(world, company_id, PORTAL, url=f"{APP_ORIGIN}/billing")
+    assert portal["__typename"] == "NoSubscription"
+
+
+async def test_billing_portal(world: StripeWorld) -> None:
+    company_id, _ = await checked_out(world)
+    portal = await result(world, company_id, PORTAL, url=f"{APP_ORIGIN}/billing")
+    assert portal["__typename"] == "BillingPortalSession"
+    assert portal["url"].startswith("https://billing.stripe.com/")
+    for bad in (
+        "https://evil.example/phish",
+        "javascript:alert(1)",
+        "/relative",
+        "http://app.weddingflow.test/x",
+    ):
+        body = await call(world, company_id, PORTAL, url=bad)
+        assert error_code(body) == "BAD_USER_INPUT", bad
+
+
+@pytest.mark.parametrize("role", ["staff", "service", "unknown_role"])
+async def test_only_admins_manage_the_subscription(world: StripeWorld, role: str) -> None:
+    company_id, _ = await checked_out(world)
+    for query, variables in (
+        (CHECKOUT, {"tier": "STARTER"}),
+        (CHANGE, {"tier": "PROFESSIONAL"}),
+        (CANCEL, {}),
+        (RESUME, {}),
+        (PORTAL, {"url": f"{APP_ORIGIN}/billing"}),
+    ):
+        body = await call(world, company_id, query, role=role, **variables)
+        assert error_code(body) == "FORBIDDEN", (query, body)
+    assert (await limits(world, company_id))["scheduledTier"] is None
+
+
+async def test_super_admin_manages_too(world: StripeWorld) -> None:
+    company_id, _ = await checked_out(world)
+    body = await call(world, company_id, CHANGE, role="super_admin", tier="PROFESSIONAL")
+    assert body["data"]["changeTier"]["__typename"] == "TierChangeScheduled"
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "variables"),
+    [
+        ("/v1/subscription_schedules", CHANGE, {"tier": "PROFESSIONAL"}),
+        ("/v1/subscriptions/", CANCEL, {}),
+        ("/v1/billing_portal", PORTAL, {"url": f"{APP_ORIGIN}/billing"}),
+    ],
+)
+async def test_stripe_failures_are_stripe_unavailable_and_change_nothing(
+    world: StripeWorld, path: str, query: str, variables: dict[str, Any]
+) -> None:
+    company_id, subscription = await checked_out(world)
+    world.double.fail("500", 1.0, path_prefix=path)
+    body = await call(world, company_id, query, **variables)
+    assert error_code(body) == "STRIPE_UNAVAILABLE", body
+    world.double.heal()
+    shown = await limits(world, company_id)
+    assert shown["scheduledTier"] is None
+    mirror = await subscriptions.get(subscription)
+    assert mirror is not None and not mirror.cancel_at_period_end
+    sub = world.double.get_object(subscription)
+    assert not sub["cancel_at_period_end"]
+
+
+async def test_checkout_failure_is_stripe_unavailable(world: StripeWorld) -> None:
+    world.double.fail("500", 1.0, path_prefix="/v1/checkout")
+    body = await call(world, uuid.uuid4(), CHECKOUT, tier="STARTER")
+    assert error_code(body) == "STRIPE_UNAVAILABLE"
+
+
+async def test_drift_lists_a_mid_month_change_made_in_stripe(
+    world: StripeWorld, database_url: str
+) -> None:
+    company_id, subscription = await checked_out(world)
+    world.clock.set(NOV_20 + timedelta(days=3))
+    world.double.set_subscription_prices(subscription, world.tier_prices(Tier.ENTERPRISE))
+    await world.send("customer.subscription.updated", subscription)
+    env = {
+        "DATABASE_URL": database_url,
+        "STRIPE_SECRET_KEY": world.double.api_key,
+        "STRIPE_API_BASE": world.double.url,
+    }
+    shown = meterline("company", "drift", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert str(company_id) in shown.stdout and "from starter to enterprise" in shown.stdout
+    assert "Stripe's coming invoice" in shown.stdout
