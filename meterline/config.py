@@ -62,6 +62,8 @@ class Settings:
     checkout_cancel_url: str | None = None
     # Origins a billing portal's `returnUrl` may point to (no open redirect through Stripe).
     billing_return_origins: tuple[str, ...] = ()
+    # A portal configuration that allows payment methods and invoices only (no plan changes).
+    stripe_portal_configuration: str | None = None
     sync_budget_seconds: int = 25  # how long one /cron/sync-usage call may work
     # Operations
     metrics_token: str | None = None
@@ -129,6 +131,7 @@ class Settings:
             cron_secret=_opt(env, "CRON_SECRET"),
             checkout_success_url=_opt(env, "CHECKOUT_SUCCESS_URL"),
             checkout_cancel_url=_opt(env, "CHECKOUT_CANCEL_URL"),
+            stripe_portal_configuration=_opt(env, "STRIPE_PORTAL_CONFIGURATION"),
             billing_return_origins=tuple(
                 o.strip().rstrip("/")
                 for o in (_opt(env, "BILLING_RETURN_ORIGINS") or "").split(",")

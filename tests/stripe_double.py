@@ -2124,6 +2124,7 @@ class StripeDouble:
                 "client_reference_id",
                 "customer",
                 "customer_email",
+                "expires_at",
                 "line_items",
                 "metadata",
                 "mode",
@@ -2201,6 +2202,15 @@ class StripeDouble:
         proration = data.choice(
             "proration_behavior", ("create_prorations", "none"), default="create_prorations"
         )
+        expires_at = p.integer("expires_at")
+        if expires_at is None:
+            expires_at = now + DAY
+        elif not now + 30 * 60 <= expires_at <= now + DAY:
+            raise _invalid(
+                "The `expires_at` timestamp must be less than 24 hours from Checkout Session "
+                "creation and at least 30 minutes in the future.",
+                "expires_at",
+            )
         session = self._new(
             "checkout.session",
             {
@@ -2209,7 +2219,7 @@ class StripeDouble:
                 "currency": prices[0]["currency"],
                 "customer": customer,
                 "customer_email": p.text("customer_email"),
-                "expires_at": now + DAY,
+                "expires_at": expires_at,
                 "metadata": p.metadata(),
                 "mode": mode,
                 "success_url": success_url,
@@ -2223,13 +2233,14 @@ class StripeDouble:
 
     def _portal_sessions_create(self, req: _Request) -> dict[str, Any]:
         p = req.params
-        _only(p, {"customer", "return_url"})
+        _only(p, {"configuration", "customer", "return_url"})
         customer = p.text("customer", required=True)
+        configuration = p.text("configuration")
         self._get("customer", customer, param="customer")
         session = self._new(
             "billing_portal.session",
             {
-                "configuration": self._portal_configuration,
+                "configuration": configuration or self._portal_configuration,
                 "customer": customer,
                 "return_url": p.text("return_url"),
             },
@@ -2279,6 +2290,8 @@ class StripeDouble:
             },
         )
         sub["schedule"] = schedule["id"]
+        # The schedule manages the cancellation from now on (its end_behavior).
+        sub["cancel_at_period_end"] = False
         return self._reply("subscription_schedule", schedule, req)
 
     def _schedule_phases(self, p: _Params, schedule: dict[str, Any]) -> list[dict[str, Any]]:

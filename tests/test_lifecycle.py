@@ -369,3 +369,75 @@ async def test_drift_lists_a_mid_month_change_made_in_stripe(
     assert shown.returncode == 0, shown.stderr
     assert str(company_id) in shown.stdout and "from starter to enterprise" in shown.stdout
     assert "Stripe's coming invoice" in shown.stdout
+
+
+async def test_changing_back_and_forth_always_leaves_stripe_on_the_last_choice(
+    world: StripeWorld,
+) -> None:
+    """A reused idempotency key would replay an earlier answer and leave Stripe on another tier
+    than the one Meterline shows."""
+    company_id, subscription = await checked_out(world)
+    for tier in ("PROFESSIONAL", "ENTERPRISE", "PROFESSIONAL", "STARTER", "PROFESSIONAL"):
+        await result(world, company_id, CHANGE, tier=tier)
+        schedule_id = world.double.get_object(subscription)["schedule"]
+        if tier == "STARTER":
+            assert schedule_id is None
+            continue
+        schedule = world.double.get_object(schedule_id)
+        assert {i["price"] for i in schedule["phases"][-1]["items"]} == set(
+            world.tier_prices(Tier[tier])
+        ), tier
+        assert (await limits(world, company_id))["scheduledTier"] == tier
+
+
+async def test_a_change_that_fails_leaves_a_pending_cancellation_standing(
+    world: StripeWorld,
+) -> None:
+    company_id, subscription = await checked_out(world)
+    await result(world, company_id, CANCEL)
+    world.double.fail("500", 1.0, path_prefix="/v1/subscription_schedules")
+    body = await call(world, company_id, CHANGE, tier="PROFESSIONAL")
+    assert error_code(body) == "STRIPE_UNAVAILABLE"
+    world.double.heal()
+    assert world.double.get_object(subscription)["cancel_at_period_end"] is True
+    assert (await limits(world, company_id))["scheduledTier"] == "FREE"
+    # Done again with Stripe up: the schedule takes over and the subscription goes on.
+    changed = await result(world, company_id, CHANGE, tier="PROFESSIONAL")
+    assert changed["__typename"] == "TierChangeScheduled"
+    assert (await limits(world, company_id))["scheduledTier"] == "PROFESSIONAL"
+    world.clock.set(DEC_1 + timedelta(minutes=5))
+    world.double.advance_to(int(DEC_1.timestamp()))
+    events = world.double.apply_schedules()
+    world.double.now = lambda: int(world.clock().timestamp())
+    for event in events:
+        await world.deliver(event)
+    shown = await limits(world, company_id)
+    assert (shown["tier"], shown["subscriptionStatus"]) == ("PROFESSIONAL", "ACTIVE")
+
+
+async def test_two_checkouts_share_the_companys_customer(world: StripeWorld) -> None:
+    company_id = uuid.uuid4()
+    first = await result(world, company_id, CHECKOUT, tier="STARTER")
+    second = await result(world, company_id, CHECKOUT, tier="PROFESSIONAL")
+    customers = {world.double.get_object(s["sessionId"])["customer"] for s in (first, second)}
+    assert len(customers) == 1 and None not in customers
+    assert (await company_row(company_id)).stripe_customer_id in customers
+
+
+@pytest.mark.parametrize(
+    ("now", "anchor"),
+    [
+        (datetime(2026, 11, 20, 12, tzinfo=UTC), DEC_1),
+        (datetime(2026, 11, 30, 23, 0, tzinfo=UTC), DEC_1),
+        (datetime(2026, 11, 30, 23, 40, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC)),
+        (datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC), datetime(2027, 2, 1, tzinfo=UTC)),
+        (datetime(2028, 2, 29, 12, tzinfo=UTC), datetime(2028, 3, 1, tzinfo=UTC)),
+    ],
+)
+def test_a_checkout_expires_before_its_anchor(now: datetime, anchor: datetime) -> None:
+    from meterline.services.lifecycle import checkout_window
+
+    got_anchor, expires_at = checkout_window(now)
+    assert got_anchor == anchor
+    assert now + timedelta(minutes=30) <= expires_at < got_anchor
+    assert expires_at <= now + timedelta(hours=24)

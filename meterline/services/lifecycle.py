@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -120,13 +120,15 @@ def _live(company: Company) -> bool:
     )
 
 
-async def _current(company: Company) -> SubscriptionMirror | NoSubscription:
+async def _current(
+    company: Company, statuses: frozenset[str] = LIVE_STATUSES
+) -> SubscriptionMirror | NoSubscription:
     mirror = (
         await subscriptions.get(company.stripe_subscription_id)
         if company.stripe_subscription_id
         else None
     )
-    if mirror is None or mirror.status not in LIVE_STATUSES:
+    if mirror is None or mirror.status not in statuses:
         return NoSubscription("This company has no paid subscription: start a checkout first.")
     return mirror
 
@@ -152,20 +154,49 @@ async def start_checkout(
     prices = await _plan_prices(lifecycle, tier)
     if isinstance(prices, StripeNotReady):
         return prices
-    anchor = next_first(now)
+    anchor, expires_at = checkout_window(now)
+    # The company's customer exists before any session: two sessions (two tabs, two admins)
+    # then share it, and a second subscription is flagged, never a stranger's customer.
+    customer = company.stripe_customer_id or await _customer_of(company, lifecycle)
     session = await _stripe(
         lifecycle.create_checkout(
             prices=prices,
-            customer=company.stripe_customer_id,
+            customer=customer,
             company_id=str(company.id),
             anchor=anchor,
             success_url=settings.checkout_success_url,
             cancel_url=settings.checkout_cancel_url,
+            expires_at=expires_at,
             # The same click retried (or clicked twice) within the hour: one session.
             idempotency_key=f"meterline-checkout-{company.id}-{tier.value}-{now:%Y%m%d%H}",
         )
     )
     return CheckoutStarted(session.url, session.id, session.expires_at)
+
+
+# Stripe lets a session live 30 minutes to 24 hours; it must be paid before its anchor.
+SESSION_MIN = timedelta(minutes=30)
+SESSION_MAX = timedelta(hours=24)
+
+
+def checkout_window(now: datetime) -> tuple[datetime, datetime]:
+    """The billing anchor (the next 1st 00:00 UTC) and when the session expires: before the
+    anchor, so a late payment never starts a period that already ended. In a month's last
+    half hour the anchor is the 1st after (a longer prorated first period)."""
+    anchor = next_first(now)
+    if anchor - now <= SESSION_MIN + timedelta(minutes=5):
+        anchor = month_end(month_of(anchor))
+    return anchor, min(now + SESSION_MAX, anchor - timedelta(minutes=5))
+
+
+async def _customer_of(company: Company, lifecycle: StripeLifecycle) -> str:
+    # The idempotency key is the company's: concurrent or retried requests get one customer.
+    created = await _stripe(lifecycle.create_customer(str(company.id)))
+    try:
+        await companies.set_stripe_ids(company.id, customer_id=created)
+    except companies.CustomerTaken as exc:  # another company holds it: never relink
+        raise StripeUnavailable(f"the new Stripe customer is taken: {exc}") from exc
+    return created
 
 
 async def change_tier(
@@ -186,6 +217,7 @@ async def change_tier(
     if tier is company.tier:  # the current tier again: whatever was pending is withdrawn
         if schedule is not None:
             await _stripe(lifecycle.release_schedule(schedule))
+            await companies.set_scheduled_tier(company.id, None)  # gone in Stripe already
         if current.cancel_at_period_end:
             await _stripe(lifecycle.set_cancel_at_period_end(current.id, False))
             await subscriptions.set_cancel_at_period_end(current.id, False)
@@ -194,18 +226,12 @@ async def change_tier(
     prices = await _plan_prices(lifecycle, tier)
     if isinstance(prices, StripeNotReady):
         return prices
-    if current.cancel_at_period_end:  # a plan change replaces a pending cancellation
-        await _stripe(lifecycle.set_cancel_at_period_end(current.id, False))
-        await subscriptions.set_cancel_at_period_end(current.id, False)
     effective_at = _period_end(current, now)
-    await _stripe(
-        lifecycle.schedule_prices(
-            current.id,
-            schedule,
-            prices,
-            idempotency_key=f"meterline-change-{current.id}-{tier.value}-{effective_at:%Y%m}",
-        )
-    )
+    # One call sequence whose last step decides: the schedule takes over a pending
+    # cancellation (its end is then "release": the subscription goes on at the new tier), so
+    # a failure before it leaves the cancellation standing, never a half-lifted one.
+    await _stripe(lifecycle.schedule_prices(current.id, schedule, prices))
+    await subscriptions.set_cancel_at_period_end(current.id, False)
     await companies.set_scheduled_tier(company.id, tier)
     return TierChangeScheduled(tier, effective_at)
 
@@ -213,12 +239,13 @@ async def change_tier(
 async def cancel_subscription(
     company: Company, *, lifecycle: StripeLifecycle, now: datetime
 ) -> CancellationScheduled | NoSubscription:
-    current = await _current(company)
+    current = await _current(company, HOLDS_A_SUBSCRIPTION)  # a paused one can be cancelled
     if isinstance(current, NoSubscription):
         return current
     schedule = await _stripe(lifecycle.subscription_schedule(current.id))
     if schedule is not None:  # Stripe cancels a scheduled subscription only once released
         await _stripe(lifecycle.release_schedule(schedule))
+        await companies.set_scheduled_tier(company.id, None)  # the change is gone in Stripe
     await _stripe(lifecycle.set_cancel_at_period_end(current.id, True))
     await subscriptions.set_cancel_at_period_end(current.id, True)
     await companies.set_scheduled_tier(company.id, None)
@@ -233,7 +260,7 @@ async def cancel_subscription(
 async def resume_subscription(
     company: Company, *, lifecycle: StripeLifecycle
 ) -> SubscriptionResumed | NoSubscription | NothingToResume:
-    current = await _current(company)
+    current = await _current(company, HOLDS_A_SUBSCRIPTION)
     if isinstance(current, NoSubscription):
         return current
     if not current.cancel_at_period_end:
@@ -264,4 +291,7 @@ async def billing_portal_url(
     url = check_return_url(return_url, settings)
     if company.stripe_customer_id is None:
         return NoSubscription("This company has no Stripe customer yet: start a checkout first.")
-    return PortalSession(await _stripe(lifecycle.portal_session(company.stripe_customer_id, url)))
+    session = lifecycle.portal_session(
+        company.stripe_customer_id, url, settings.stripe_portal_configuration
+    )
+    return PortalSession(await _stripe(session))

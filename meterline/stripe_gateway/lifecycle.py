@@ -2,8 +2,9 @@
 
 Plan changes take effect on the 1st (DESIGN): a change is a subscription schedule whose next
 phase, starting at the current period's end (the 1st), carries the new tier's prices; a
-cancellation is `cancel_at_period_end`. Each call that creates something carries an idempotency
-key, so a retried request creates it once.
+cancellation is `cancel_at_period_end`. Only the customer and the checkout session carry
+idempotency keys (a retry must find the same one); a schedule update is a new request each
+time (a key reused for another change would replay the old answer).
 """
 
 from __future__ import annotations
@@ -79,12 +80,14 @@ class StripeLifecycle:
         anchor: datetime,
         success_url: str,
         cancel_url: str | None,
+        expires_at: datetime,
         idempotency_key: str,
     ) -> CheckoutSession:
         params: dict[str, Any] = {
             "mode": "subscription",
             "line_items": [_line_item(p) for p in prices],
             "success_url": success_url,
+            "expires_at": int(expires_at.timestamp()),
             "metadata": {"company_id": company_id},
             "subscription_data": {
                 "billing_cycle_anchor": int(anchor.timestamp()),
@@ -109,20 +112,27 @@ class StripeLifecycle:
             expires_at=datetime.fromtimestamp(int(session.expires_at), UTC),
         )
 
+    async def create_customer(self, company_id: str) -> str:
+        """The company's Stripe customer, made once (the key is the company's: a retry or a
+        concurrent request finds the same customer)."""
+        try:
+            customer = await self._client.v1.customers.create_async(
+                {"metadata": {"company_id": company_id}},
+                {"idempotency_key": f"meterline-customer-{company_id}"},
+            )
+        except stripe.StripeError as exc:
+            raise _failed(exc) from exc
+        return str(customer.id)
+
     async def schedule_prices(
-        self,
-        subscription_id: str,
-        schedule_id: str | None,
-        prices: Sequence[PlanPrice],
-        idempotency_key: str,
+        self, subscription_id: str, schedule_id: str | None, prices: Sequence[PlanPrice]
     ) -> str:
         """From the end of the current period (the 1st), the subscription carries `prices`;
         a pending change is replaced. Returns the schedule's id."""
         try:
             if schedule_id is None:
                 schedule = await self._client.v1.subscription_schedules.create_async(
-                    {"from_subscription": subscription_id},
-                    {"idempotency_key": f"{idempotency_key}:schedule"},
+                    {"from_subscription": subscription_id}
                 )
             else:
                 schedule = await self._client.v1.subscription_schedules.retrieve_async(schedule_id)
@@ -156,7 +166,6 @@ class StripeLifecycle:
                         },
                     ],
                 },  # type: ignore[arg-type]
-                {"idempotency_key": f"{idempotency_key}:phases"},
             )
         except stripe.StripeError as exc:
             raise _failed(exc) from exc
@@ -185,10 +194,15 @@ class StripeLifecycle:
         except stripe.StripeError as exc:
             raise _failed(exc) from exc
 
-    async def portal_session(self, customer: str, return_url: str) -> str:
+    async def portal_session(
+        self, customer: str, return_url: str, configuration: str | None
+    ) -> str:
+        params: dict[str, Any] = {"customer": customer, "return_url": return_url}
+        if configuration:
+            params["configuration"] = configuration
         try:
             session = await self._client.v1.billing_portal.sessions.create_async(
-                {"customer": customer, "return_url": return_url}
+                params  # type: ignore[arg-type]
             )
         except stripe.StripeError as exc:
             raise _failed(exc) from exc
