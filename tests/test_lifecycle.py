@@ -12,7 +12,6 @@ import pytest
 
 from meterline.billing.catalog import EventType, Tier
 from meterline.db import subscriptions
-from meterline.jobs.sync import SyncJob
 from meterline.services import usage
 from meterline.services.lifecycle import plan_lookup_keys
 from meterline.stripe_gateway.client import close_client, make_client
@@ -150,15 +149,6 @@ async def record(
     assert isinstance(outcome, usage.Recorded), outcome
 
 
-async def sync(world: StripeWorld, company_id: uuid.UUID) -> None:
-    client = make_client(world.api.settings, timeout=5.0)
-    try:
-        report = await SyncJob(client=client, clock=world.clock, company_ids=[company_id]).run()
-    finally:
-        await close_client(client)
-    assert report.failed == 0 and report.pending == 0
-
-
 async def metered_preview_cents(world: StripeWorld, subscription: str) -> int:
     sub = world.double.get_object(subscription)
     client = make_client(world.api.settings, timeout=5.0)
@@ -185,9 +175,7 @@ async def test_a_month_with_an_upgrade_scheduled_mid_month_bills_old_then_new(
 ) -> None:
     world.clock.set(NOV_1 - timedelta(days=1))
     company_id, subscription = await checked_out(world, Tier.STARTER)  # anchored to Nov 1
-    world.clock.set(NOV_1 + timedelta(hours=1))
-    for event in world.double.apply_schedules():  # Stripe renews on the 1st
-        await world.deliver(event)
+    await world.reach(NOV_1 + timedelta(hours=1))  # Stripe renews on the 1st
     await record(company_id, EventType.SMS_SENT, 1_300, NOV_1 + timedelta(days=3))
     await record(company_id, EventType.AI_QUERY, 61, NOV_1 + timedelta(days=9))
 
@@ -202,24 +190,19 @@ async def test_a_month_with_an_upgrade_scheduled_mid_month_bills_old_then_new(
     assert (shown["tier"], shown["scheduledTier"]) == ("STARTER", "PROFESSIONAL")
     world.clock.set(NOV_1 + timedelta(days=20))
     await record(company_id, EventType.SMS_SENT, 200, world.clock())
-    await sync(world, company_id)
+    await world.sync(company_id)
 
     world.clock.set(DEC_1 - timedelta(seconds=1))
     november = await overage(world, company_id, "2026-11")
     assert november == Decimal("27.20")  # (1,500 - 1,000) x 0.05 + (61 - 50) x 0.20
     assert Decimal(await metered_preview_cents(world, subscription)) / 100 == november
 
-    world.clock.set(DEC_1 + timedelta(minutes=10))
-    world.double.advance_to(int(DEC_1.timestamp()))
-    events = world.double.apply_schedules()
-    world.double.now = lambda: int(world.clock().timestamp())
-    for event in events:
-        assert (await world.deliver(event)).status_code == 200
+    await world.reach(DEC_1)
     shown = await limits(world, company_id)
     assert (shown["tier"], shown["scheduledTier"]) == ("PROFESSIONAL", None)
     world.clock.set(DEC_1 + timedelta(days=2))
     await record(company_id, EventType.SMS_SENT, 5_100, world.clock())
-    await sync(world, company_id)
+    await world.sync(company_id)
     december = await overage(world, company_id, "2026-12")
     assert december == Decimal("5.00")  # (5,100 - 5,000) x 0.05 at the professional tier
     assert Decimal(await metered_preview_cents(world, subscription)) / 100 == december
@@ -258,12 +241,7 @@ async def test_cancel_at_period_end_resume_and_the_end(world: StripeWorld) -> No
     assert (await result(world, company_id, CHANGE, tier="FREE"))["__typename"] == (
         "CancellationScheduled"
     )
-    world.clock.set(DEC_1 + timedelta(minutes=5))
-    world.double.advance_to(int(DEC_1.timestamp()))
-    events = world.double.apply_schedules()
-    world.double.now = lambda: int(world.clock().timestamp())
-    for event in events:
-        await world.deliver(event)
+    await world.reach(DEC_1)
     shown = await limits(world, company_id)
     assert (shown["tier"], shown["subscriptionStatus"]) == ("FREE", "CANCELED")
 
@@ -360,12 +338,7 @@ async def test_drift_lists_a_mid_month_change_made_in_stripe(
     world.clock.set(NOV_20 + timedelta(days=3))
     world.double.set_subscription_prices(subscription, world.tier_prices(Tier.ENTERPRISE))
     await world.send("customer.subscription.updated", subscription)
-    env = {
-        "DATABASE_URL": database_url,
-        "STRIPE_SECRET_KEY": world.double.api_key,
-        "STRIPE_API_BASE": world.double.url,
-    }
-    shown = meterline("company", "drift", env=env)
+    shown = meterline("company", "drift", env=world.cli_env())
     assert shown.returncode == 0, shown.stderr
     assert str(company_id) in shown.stdout and "from starter to enterprise" in shown.stdout
     assert "Stripe's coming invoice" in shown.stdout
@@ -405,12 +378,7 @@ async def test_a_change_that_fails_leaves_a_pending_cancellation_standing(
     changed = await result(world, company_id, CHANGE, tier="PROFESSIONAL")
     assert changed["__typename"] == "TierChangeScheduled"
     assert (await limits(world, company_id))["scheduledTier"] == "PROFESSIONAL"
-    world.clock.set(DEC_1 + timedelta(minutes=5))
-    world.double.advance_to(int(DEC_1.timestamp()))
-    events = world.double.apply_schedules()
-    world.double.now = lambda: int(world.clock().timestamp())
-    for event in events:
-        await world.deliver(event)
+    await world.reach(DEC_1)
     shown = await limits(world, company_id)
     assert (shown["tier"], shown["subscriptionStatus"]) == ("PROFESSIONAL", "ACTIVE")
 

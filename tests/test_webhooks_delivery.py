@@ -220,11 +220,7 @@ async def test_replay_command_reapplies_failed_and_single_events(
     world.double.fail("500", 1.0, path_prefix="/v1/subscriptions")
     assert (await world.deliver(event)).status_code == 500
     world.double.heal()
-    env = {
-        "DATABASE_URL": database_url,
-        "STRIPE_SECRET_KEY": world.double.api_key,
-        "STRIPE_API_BASE": world.double.url,
-    }
+    env = world.cli_env()
     listed = meterline("webhooks", "list", "--failed", env=env)
     assert event["id"] in listed.stdout, listed.stderr
     replayed = meterline("webhooks", "replay", "--failed", env=env)
@@ -262,11 +258,7 @@ async def test_replay_failed_also_takes_events_a_crash_left_half_way(
         "WHERE id = $1",
         event["id"],
     )
-    env = {
-        "DATABASE_URL": database_url,
-        "STRIPE_SECRET_KEY": world.double.api_key,
-        "STRIPE_API_BASE": world.double.url,
-    }
+    env = world.cli_env()
     replayed = meterline("webhooks", "replay", "--failed", env=env)
     assert f"{event['id']}: applied" in replayed.stdout, replayed.stderr
     assert (await company_row(company_id)).tier is Tier.STARTER

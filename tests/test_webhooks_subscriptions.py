@@ -261,12 +261,7 @@ async def test_free_to_paid_mid_month_sends_the_months_events_stamped_at_the_sta
     assert meters["GUEST_INVITATION"]["included"] == 500
     await record(company_id, EventType.GUEST_INVITATION, 600, world.clock())  # past free's 50
 
-    client = make_client(world.api.settings, timeout=5.0)
-    try:
-        report = await SyncJob(client=client, clock=world.clock, company_ids=[company_id]).run()
-    finally:
-        await close_client(client)
-    assert report.failed == 0 and report.pending == 0
+    await world.sync(company_id)
     sent = [e for e in world.double.meter_events() if e["customer"] == customer]
     stamps = {e["event_name"]: e["timestamp"] for e in sent}
     assert stamps[meter_event_name(EventType.EMAIL_SENT)] == int(start.timestamp())

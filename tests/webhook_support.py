@@ -19,6 +19,7 @@ from meterline.app import create_app
 from meterline.billing.catalog import EventType, Tier
 from meterline.db import companies, sql
 from meterline.db.tiers import load_plans
+from meterline.jobs.sync import SyncJob
 from meterline.services.stripe_setup import (
     base_price_lookup_key,
     metered_price_lookup_key,
@@ -103,6 +104,35 @@ class StripeWorld:
         response = await self.deliver(event)
         assert response.status_code == 200, response.text
         return response
+
+    def cli_env(self) -> dict[str, str]:
+        """The environment of a `meterline` command run against this world."""
+        settings = self.api.settings
+        assert settings.database_url is not None
+        return {
+            "DATABASE_URL": settings.database_url,
+            "STRIPE_SECRET_KEY": self.double.api_key,
+            "STRIPE_API_BASE": self.double.url,
+        }
+
+    async def sync(self, company_id: uuid.UUID) -> None:
+        """One run of the usage sync for this company; everything must settle."""
+        client = make_client(self.api.settings, timeout=5.0)
+        try:
+            report = await SyncJob(client=client, clock=self.clock, company_ids=[company_id]).run()
+        finally:
+            await close_client(client)
+        assert report.failed == 0 and report.pending == 0, report
+
+    async def reach(self, moment: datetime) -> None:
+        """Time passes to `moment`: what Stripe does by then (schedules, cancellations at
+        period end, renewals) happens, and its events are delivered."""
+        self.clock.set(moment)
+        self.double.advance_to(int(moment.timestamp()))
+        events = self.double.apply_schedules()
+        self.double.now = lambda: int(self.clock().timestamp())
+        for event in events:
+            assert (await self.deliver(event)).status_code == 200
 
     async def send_thin(self, event_id: str) -> httpx.Response:
         return await self.deliver(
