@@ -409,3 +409,30 @@ def test_a_checkout_expires_before_its_anchor(now: datetime, anchor: datetime) -
     assert got_anchor == anchor
     assert now + timedelta(minutes=30) <= expires_at < got_anchor
     assert expires_at <= now + timedelta(hours=24)
+
+
+async def test_two_admins_changing_at_once_leave_stripe_and_meterline_agreeing(
+    world: StripeWorld,
+) -> None:
+    import asyncio
+
+    company_id, subscription = await checked_out(world)
+    world.double.delay = 0.05  # both requests are in Stripe at the same time without the lock
+    answers = await asyncio.gather(
+        result(world, company_id, CHANGE, tier="PROFESSIONAL"),
+        result(world, company_id, CHANGE, tier="ENTERPRISE"),
+        result(world, company_id, CANCEL),
+    )
+    world.double.delay = 0.0
+    assert {a["__typename"] for a in answers} <= {"TierChangeScheduled", "CancellationScheduled"}
+    shown = (await limits(world, company_id))["scheduledTier"]
+    sub = world.double.get_object(subscription)
+    if sub["schedule"] is None:
+        in_stripe = "FREE" if sub["cancel_at_period_end"] else None
+    else:
+        schedule = world.double.get_object(sub["schedule"])
+        prices = {i["price"] for i in schedule["phases"][-1]["items"]}
+        in_stripe = next(
+            t.name for t in Tier if t is not Tier.FREE and set(world.tier_prices(t)) == prices
+        )
+    assert shown == in_stripe

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -11,6 +13,7 @@ import asyncpg
 from meterline.billing.catalog import Tier
 from meterline.billing.dunning import Dunning
 from meterline.db import sql
+from meterline.db.engine import DB
 
 _COLUMNS = (
     "id, tier, stripe_customer_id, stripe_subscription_id, past_due_since, grace_ends_at, "
@@ -189,3 +192,18 @@ async def set_scheduled_tier(company_id: uuid.UUID, tier: Tier | None) -> Compan
         tier.value if tier else None,
     )
     return _company(row) if row else None
+
+
+@asynccontextmanager
+async def changes_serialised(company_id: uuid.UUID) -> AsyncIterator[None]:
+    """One subscription change of a company at a time (two admins clicking at once), across
+    its Stripe calls: a session advisory lock on a connection of its own, held without any
+    transaction open (the calls may take seconds)."""
+    assert DB.pool is not None
+    key = f"subscription-change:{company_id}"
+    async with DB.pool.acquire() as connection:
+        await connection.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", key)
+        try:
+            yield
+        finally:
+            await connection.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)
