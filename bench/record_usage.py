@@ -299,6 +299,21 @@ def cpu_seconds(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
+def postgres_processes(postmaster: psutil.Process | None) -> list[psutil.Process]:
+    """The postmaster and its backends (none when PostgreSQL is remote or gone)."""
+    if postmaster is None:
+        return []
+    with contextlib.suppress(psutil.NoSuchProcess):
+        return [postmaster, *postmaster.children()]
+    return []
+
+
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine has spent busy so far (all cores)."""
+    total = psutil.cpu_times()
+    return float(total.user + total.nice + total.system + total.irq + total.softirq)
+
+
 class CpuProbe:
     """CPU used during a window by this process, the server, PostgreSQL and the whole machine,
     in cores (1.00 = one core busy all the time)."""
@@ -312,15 +327,10 @@ class CpuProbe:
         groups: dict[str, list[psutil.Process]] = {
             "bench": [self._bench],
             "server": [self._server],
-            "postgres": [],
+            "postgres": postgres_processes(self._postmaster),
         }
-        if self._postmaster is not None:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                groups["postgres"] = [self._postmaster, *self._postmaster.children()]
         snapshot = {name: {p.pid: cpu_seconds(p) for p in ps} for name, ps in groups.items()}
-        total = psutil.cpu_times()
-        busy = total.user + total.nice + total.system + total.irq + total.softirq
-        snapshot["machine"] = {0: float(busy)}
+        snapshot["machine"] = {0: machine_busy_seconds()}
         return snapshot
 
     async def measure(self, start: float, end: float) -> dict[str, float]:

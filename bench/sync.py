@@ -58,7 +58,9 @@ from bench.record_usage import (
     cpu_seconds,
     create_database,
     drop_database,
+    machine_busy_seconds,
     machine_info,
+    postgres_processes,
     postmaster_of,
     redacted,
     stop_embedded,
@@ -239,19 +241,12 @@ class CpuMeter:
         job = sum(
             t.user_time + t.system_time for t in self._me.threads() if t.id == self._main_thread
         )
-        postgres = 0.0
-        if self._postmaster is not None:
-            try:
-                children = self._postmaster.children()
-            except psutil.NoSuchProcess:
-                children = []
-            postgres = sum(cpu_seconds(p) for p in [self._postmaster, *children])
-        total = psutil.cpu_times()
+        postgres = sum(cpu_seconds(p) for p in postgres_processes(self._postmaster))
         return {
             "job": job,
             "double": process - job,
             "postgres": postgres,
-            "machine": float(total.user + total.nice + total.system + total.irq + total.softirq),
+            "machine": machine_busy_seconds(),
         }
 
     @staticmethod

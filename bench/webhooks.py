@@ -82,8 +82,10 @@ from bench.record_usage import (
     fmt,
     free_port,
     log_tail,
+    machine_busy_seconds,
     machine_info,
     percentile,
+    postgres_processes,
     postmaster_of,
     redacted,
     start_server,
@@ -309,20 +311,13 @@ class CpuMeter:
         load = sum(
             t.user_time + t.system_time for t in self._me.threads() if t.id == self._main_thread
         )
-        postgres = 0.0
-        if self._postmaster is not None:
-            try:
-                children = self._postmaster.children()
-            except psutil.NoSuchProcess:
-                children = []
-            postgres = sum(cpu_seconds(p) for p in [self._postmaster, *children])
-        total = psutil.cpu_times()
+        postgres = sum(cpu_seconds(p) for p in postgres_processes(self._postmaster))
         return {
             "load": load,
             "double": process - load,
             "server": cpu_seconds(self._server),
             "postgres": postgres,
-            "machine": float(total.user + total.nice + total.system + total.irq + total.softirq),
+            "machine": machine_busy_seconds(),
         }
 
     @staticmethod
