@@ -58,11 +58,18 @@ def _event(row: asyncpg.Record) -> StoredEvent:
     )
 
 
+# The three statements of a recording, named so that bench/ can run the very same transaction
+# on raw asyncpg as its baseline.
+INSERT_EVENT_SQL = (
+    "INSERT INTO usage_events (id, company_id, event_type, quantity, occurred_at, month, "
+    "idempotency_key, metadata, sync_state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+    f"RETURNING {_EVENT_COLUMNS}"
+)
+
+
 async def insert_event(event: NewEvent) -> StoredEvent:
     row = await sql.fetchrow(
-        f"INSERT INTO usage_events (id, company_id, event_type, quantity, occurred_at, month, "
-        f"idempotency_key, metadata, sync_state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
-        f"RETURNING {_EVENT_COLUMNS}",
+        INSERT_EVENT_SQL,
         event.id,
         event.company_id,
         event.event_type.value,
@@ -86,6 +93,12 @@ class KeyRecord:
     occurred_at_given: datetime | None
 
 
+CLAIM_KEY_SQL = (
+    "INSERT INTO idempotency_keys (company_id, key, event_id, fingerprint, occurred_at_given) "
+    "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (company_id, key) DO NOTHING RETURNING event_id"
+)
+
+
 async def claim_idempotency_key(
     company_id: uuid.UUID,
     key: str,
@@ -98,8 +111,7 @@ async def claim_idempotency_key(
     transaction is still open, this waits for it to end (unique index), so a concurrent
     retry never records a second event."""
     row = await sql.fetchrow(
-        "INSERT INTO idempotency_keys (company_id, key, event_id, fingerprint, occurred_at_given) "
-        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (company_id, key) DO NOTHING RETURNING event_id",
+        CLAIM_KEY_SQL,
         company_id,
         key,
         event_id,
@@ -143,6 +155,33 @@ def _rollup(row: asyncpg.Record) -> Rollup:
     )
 
 
+ADD_TO_ROLLUP_SQL = """
+WITH plan AS (
+    SELECT t.name AS tier, a.included, a.unit_price,
+           CASE WHEN t.hard_cap THEN a.included END AS cap
+    FROM companies c
+    JOIN tiers t ON t.name = c.tier
+    JOIN tier_allowances a ON a.tier = t.name AND a.event_type = $3
+    WHERE c.id = $1
+)
+INSERT INTO usage_rollups AS r
+    (company_id, month, event_type, used, tier, included, unit_price, cap)
+SELECT $1, $2, $3, $4, plan.tier, plan.included, plan.unit_price,
+       -- past the current cap only when the month's row exists (next line): then this
+       -- row is never stored, but it must still pass the CHECK on cap to reach the
+       -- conflict, where the month's own cap decides
+       CASE WHEN $4 <= plan.cap THEN plan.cap END
+FROM plan
+WHERE plan.cap IS NULL OR $4 <= plan.cap
+   OR EXISTS (SELECT 1 FROM usage_rollups x
+              WHERE x.company_id = $1 AND x.month = $2 AND x.event_type = $3)
+ON CONFLICT (company_id, month, event_type)
+DO UPDATE SET used = r.used + EXCLUDED.used
+WHERE r.cap IS NULL OR r.used + EXCLUDED.used <= r.cap
+RETURNING used, tier, included, unit_price, cap
+"""
+
+
 async def add_to_rollup(
     company_id: uuid.UUID, month: date, event_type: EventType, quantity: int
 ) -> Rollup | None:
@@ -155,31 +194,7 @@ async def add_to_rollup(
     concurrent recordings are checked one after the other against the committed total.
     """
     row = await sql.fetchrow(
-        """
-        WITH plan AS (
-            SELECT t.name AS tier, a.included, a.unit_price,
-                   CASE WHEN t.hard_cap THEN a.included END AS cap
-            FROM companies c
-            JOIN tiers t ON t.name = c.tier
-            JOIN tier_allowances a ON a.tier = t.name AND a.event_type = $3
-            WHERE c.id = $1
-        )
-        INSERT INTO usage_rollups AS r
-            (company_id, month, event_type, used, tier, included, unit_price, cap)
-        SELECT $1, $2, $3, $4, plan.tier, plan.included, plan.unit_price,
-               -- past the current cap only when the month's row exists (next line): then this
-               -- row is never stored, but it must still pass the CHECK on cap to reach the
-               -- conflict, where the month's own cap decides
-               CASE WHEN $4 <= plan.cap THEN plan.cap END
-        FROM plan
-        WHERE plan.cap IS NULL OR $4 <= plan.cap
-           OR EXISTS (SELECT 1 FROM usage_rollups x
-                      WHERE x.company_id = $1 AND x.month = $2 AND x.event_type = $3)
-        ON CONFLICT (company_id, month, event_type)
-        DO UPDATE SET used = r.used + EXCLUDED.used
-        WHERE r.cap IS NULL OR r.used + EXCLUDED.used <= r.cap
-        RETURNING used, tier, included, unit_price, cap
-        """,
+        ADD_TO_ROLLUP_SQL,
         company_id,
         month,
         event_type.value,
