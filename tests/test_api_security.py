@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from litestar.exceptions import WebSocketDisconnect
 from litestar.testing import TestClient
 
-from meterline.app import create_app
+from meterline.app import MAX_BODY_BYTES, create_app
 from tests.conftest import (
     JWT_SECRET,
     SERVICE_SECRET,
@@ -814,7 +814,7 @@ async def test_alias_limit_boundary(api: Api) -> None:
 async def test_oversized_body_refused_without_500(api: Api) -> None:
     company = api.new_company()
     variables = record_input(quantity=1)
-    variables["input"]["metadata"] = {"pad": "a" * (2 * 1024 * 1024)}
+    variables["input"]["metadata"] = {"pad": "a" * (MAX_BODY_BYTES + 1)}
     response = await api.client.post(
         "/graphql",
         json={"query": RECORD, "variables": variables},

@@ -6,7 +6,7 @@ still scopes every call made inside it to one connection and one transaction.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -45,3 +45,11 @@ async def fetchrow(query: str, *args: Any) -> asyncpg.Record | None:
 async def execute(query: str, *args: Any) -> str:
     async with _connection() as connection:
         return str(await connection.execute(query, *args))
+
+
+async def copy_records(
+    table: str, columns: Sequence[str], records: Iterable[Sequence[Any]]
+) -> None:
+    """COPY rows in (binary): many times faster than INSERT for the rows of a batch."""
+    async with _connection() as connection:
+        await connection.copy_records_to_table(table, records=records, columns=columns)

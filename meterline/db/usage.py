@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -84,6 +85,39 @@ async def insert_event(event: NewEvent) -> StoredEvent:
     return _event(row)
 
 
+async def insert_events(events: Sequence[NewEvent]) -> list[StoredEvent]:
+    """A batch's events, by COPY. Call inside the batch's transaction."""
+    recorded_at = await transaction_time()
+    await sql.copy_records(
+        "usage_events",
+        _EVENT_COLUMNS.replace(" ", "").split(","),
+        (
+            (
+                e.id,
+                e.company_id,
+                e.event_type.value,
+                e.quantity,
+                e.occurred_at,
+                e.month,
+                e.idempotency_key,
+                json.dumps(e.metadata) if e.metadata is not None else None,
+                e.sync_state,
+                recorded_at,
+            )
+            for e in events
+        ),
+    )
+    return [StoredEvent(**vars(e), recorded_at=recorded_at) for e in events]
+
+
+async def transaction_time() -> datetime:
+    """now() of the current transaction: what a column's default would have stored."""
+    row = await sql.fetchrow("SELECT now() AS now")
+    assert row is not None
+    now: datetime = row["now"]
+    return now
+
+
 @dataclass(frozen=True)
 class KeyRecord:
     """An idempotency key, the event it recorded and what a retry is compared with."""
@@ -121,19 +155,58 @@ async def claim_idempotency_key(
     return row is not None
 
 
-async def find_idempotency_key(company_id: uuid.UUID, key: str) -> KeyRecord | None:
-    columns = ", ".join(f"e.{c.strip()}" for c in _EVENT_COLUMNS.split(","))
-    row = await sql.fetchrow(
-        f"SELECT {columns}, k.fingerprint, k.occurred_at_given "
-        "FROM idempotency_keys k "
-        "JOIN usage_events e ON e.company_id = k.company_id AND e.id = k.event_id "
-        "WHERE k.company_id = $1 AND k.key = $2",
+@dataclass(frozen=True)
+class KeyClaim:
+    key: str
+    event_id: uuid.UUID
+    fingerprint: str
+    occurred_at_given: datetime | None
+
+
+async def claim_idempotency_keys(company_id: uuid.UUID, claims: Sequence[KeyClaim]) -> int:
+    """A batch's `claim_idempotency_key`: returns how many keys are ours now; fewer than asked
+    means another request holds some, and the caller must roll back. Keys are taken in sorted
+    order, so two batches sharing keys wait for each other instead of deadlocking."""
+    ordered = sorted(claims, key=lambda c: c.key)
+    rows = await sql.fetch(
+        "INSERT INTO idempotency_keys (company_id, key, event_id, fingerprint, occurred_at_given) "
+        "SELECT $1, k, e, f, o FROM unnest($2::text[], $3::uuid[], $4::text[], "
+        "$5::timestamptz[]) WITH ORDINALITY AS u(k, e, f, o, n) ORDER BY n "
+        "ON CONFLICT (company_id, key) DO NOTHING RETURNING key",
         company_id,
-        key,
+        [c.key for c in ordered],
+        [c.event_id for c in ordered],
+        [c.fingerprint for c in ordered],
+        [c.occurred_at_given for c in ordered],
     )
-    if row is None:
-        return None
+    return len(rows)
+
+
+_KEY_LOOKUP = (
+    "SELECT {columns}, k.key AS key_, k.fingerprint, k.occurred_at_given "
+    "FROM idempotency_keys k "
+    "JOIN usage_events e ON e.company_id = k.company_id AND e.id = k.event_id "
+    "WHERE k.company_id = $1 AND {condition}"
+).replace("{columns}", ", ".join(f"e.{c.strip()}" for c in _EVENT_COLUMNS.split(",")))
+
+
+def _key_record(row: asyncpg.Record) -> KeyRecord:
     return KeyRecord(_event(row), row["fingerprint"], row["occurred_at_given"])
+
+
+async def find_idempotency_key(company_id: uuid.UUID, key: str) -> KeyRecord | None:
+    row = await sql.fetchrow(_KEY_LOOKUP.format(condition="k.key = $2"), company_id, key)
+    return _key_record(row) if row else None
+
+
+async def find_idempotency_keys(company_id: uuid.UUID, keys: Sequence[str]) -> dict[str, KeyRecord]:
+    """The keys of `keys` already used, each with the event it recorded."""
+    if not keys:
+        return {}
+    rows = await sql.fetch(
+        _KEY_LOOKUP.format(condition="k.key = ANY($2::text[])"), company_id, keys
+    )
+    return {r["key_"]: _key_record(r) for r in rows}
 
 
 @dataclass(frozen=True)
@@ -155,31 +228,46 @@ def _rollup(row: asyncpg.Record) -> Rollup:
     )
 
 
-ADD_TO_ROLLUP_SQL = """
-WITH plan AS (
-    SELECT t.name AS tier, a.included, a.unit_price,
+# The cap-checked rollup upsert, for the (month, event type, quantity) rows of `wanted`. The
+# first event of a month copies the company's current allowance (and cap) into the row; later
+# ones are checked against that copy. Rows are locked in (month, event type) order, so two
+# batches touching the same rows never deadlock.
+_ROLLUP_UPSERT = """
+WITH wanted AS ({wanted}),
+plan AS (
+    SELECT w.month, w.event_type, w.quantity, t.name AS tier, a.included, a.unit_price,
            CASE WHEN t.hard_cap THEN a.included END AS cap
-    FROM companies c
+    FROM wanted w
+    JOIN companies c ON c.id = $1
     JOIN tiers t ON t.name = c.tier
-    JOIN tier_allowances a ON a.tier = t.name AND a.event_type = $3
-    WHERE c.id = $1
+    JOIN tier_allowances a ON a.tier = t.name AND a.event_type = w.event_type
 )
 INSERT INTO usage_rollups AS r
     (company_id, month, event_type, used, tier, included, unit_price, cap)
-SELECT $1, $2, $3, $4, plan.tier, plan.included, plan.unit_price,
-       -- past the current cap only when the month's row exists (next line): then this
-       -- row is never stored, but it must still pass the CHECK on cap to reach the
-       -- conflict, where the month's own cap decides
-       CASE WHEN $4 <= plan.cap THEN plan.cap END
-FROM plan
-WHERE plan.cap IS NULL OR $4 <= plan.cap
+SELECT $1, p.month, p.event_type, p.quantity, p.tier, p.included, p.unit_price,
+       -- past the current cap only when the month's row exists (next line): then this row is
+       -- never stored, but it must still pass the CHECK on cap to reach the conflict, where
+       -- the month's own cap decides
+       CASE WHEN p.quantity <= p.cap THEN p.cap END
+FROM plan p
+WHERE p.cap IS NULL OR p.quantity <= p.cap
    OR EXISTS (SELECT 1 FROM usage_rollups x
-              WHERE x.company_id = $1 AND x.month = $2 AND x.event_type = $3)
+              WHERE x.company_id = $1 AND x.month = p.month AND x.event_type = p.event_type)
+ORDER BY p.month, p.event_type
 ON CONFLICT (company_id, month, event_type)
 DO UPDATE SET used = r.used + EXCLUDED.used
 WHERE r.cap IS NULL OR r.used + EXCLUDED.used <= r.cap
-RETURNING used, tier, included, unit_price, cap
+RETURNING month, event_type, used, tier, included, unit_price, cap
 """
+# One event's: $1 company, $2 month, $3 event type, $4 quantity.
+ADD_TO_ROLLUP_SQL = _ROLLUP_UPSERT.format(
+    wanted="SELECT $2::date AS month, $3::text AS event_type, $4::bigint AS quantity"
+)
+# A batch's, grouped: $2, $3 and $4 are arrays, one element per (month, event type).
+ADD_TO_ROLLUPS_SQL = _ROLLUP_UPSERT.format(
+    wanted="SELECT * FROM unnest($2::date[], $3::text[], $4::bigint[]) "
+    "AS w(month, event_type, quantity)"
+)
 
 
 async def add_to_rollup(
@@ -201,6 +289,23 @@ async def add_to_rollup(
         quantity,
     )
     return _rollup(row) if row else None
+
+
+async def add_to_rollups(
+    company_id: uuid.UUID, totals: Mapping[tuple[date, EventType], int]
+) -> dict[tuple[date, EventType], Rollup]:
+    """A batch's `add_to_rollup`: each (month, event type) total in one statement. Returns the
+    rollups it added to; a group missing from the answer would have passed its month's cap,
+    and the caller must roll the whole transaction back."""
+    groups = sorted(totals.items(), key=lambda item: (item[0][0], item[0][1].value))
+    rows = await sql.fetch(
+        ADD_TO_ROLLUPS_SQL,
+        company_id,
+        [month for (month, _), _ in groups],
+        [event_type.value for (_, event_type), _ in groups],
+        [quantity for _, quantity in groups],
+    )
+    return {(r["month"], EventType(r["event_type"])): _rollup(r) for r in rows}
 
 
 async def rollup(company_id: uuid.UUID, month: date, event_type: EventType) -> Rollup | None:

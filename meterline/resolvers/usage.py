@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import strawberry
 
 from meterline.billing.catalog import EventType
@@ -12,17 +14,19 @@ from meterline.schema.context import Context
 from meterline.schema.types import (
     MeterUsage,
     MonthlySummary,
+    RecordUsageBatchResult,
     RecordUsageInput,
     RecordUsageResult,
     UsageEventConnection,
     UsageEventType,
     UsageLimits,
+    batch_result,
     decode_cursor,
     month_argument,
     record_result,
 )
 from meterline.services import usage
-from meterline.services.usage import outcome_label
+from meterline.services.usage import BatchRecorded, outcome_label
 
 Info = strawberry.Info[Context, None]
 
@@ -84,3 +88,22 @@ async def record_usage(info: Info, input: RecordUsageInput) -> RecordUsageResult
     )
     USAGE_RECORDINGS.labels(input.event_type.value, outcome_label(outcome)).inc()
     return record_result(outcome)
+
+
+async def record_usage_batch(info: Info, events: list[RecordUsageInput]) -> RecordUsageBatchResult:
+    ctx = info.context
+    company_id = ctx.authorize(Permission.RECORD_USAGE)
+    outcome = await usage.record_usage_batch(
+        company_id,
+        [event.to_request() for event in events],
+        now=ctx.now(),
+        late_grace_hours=ctx.settings.late_usage_grace_hours,
+    )
+    if isinstance(outcome, BatchRecorded):
+        counted = Counter((i.event.event_type.value, outcome_label(i)) for i in outcome.items)
+        for (event_type, label), count in counted.items():
+            USAGE_RECORDINGS.labels(event_type, label).inc(count)
+    else:  # refused whole: one count per event type asked for
+        for event_type in {event.event_type.value for event in events}:
+            USAGE_RECORDINGS.labels(event_type, outcome_label(outcome)).inc()
+    return batch_result(outcome)

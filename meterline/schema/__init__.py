@@ -30,6 +30,7 @@ from meterline.schema.types import (
     Invoice,
     MeterUsage,
     MonthlySummary,
+    RecordUsageBatchResult,
     RecordUsageResult,
     UpcomingInvoice,
     UsageEventConnection,
@@ -71,6 +72,11 @@ class Query:
 @strawberry.type
 class Mutation:
     record_usage: RecordUsageResult = strawberry.mutation(resolver=usage.record_usage)
+    record_usage_batch: RecordUsageBatchResult = strawberry.mutation(
+        resolver=usage.record_usage_batch,
+        description="1 to 1,000 events in one transaction: each recorded or reported as a "
+        "duplicate of its idempotency key; a hard cap refuses the whole batch.",
+    )
     start_checkout: StartCheckoutResult = strawberry.mutation(
         resolver=lifecycle.start_checkout,
         description="A Stripe Checkout for a free company: the tier's base and metered prices, "

@@ -348,6 +348,13 @@ def record_result(
             usage=MeterUsage.of(outcome.usage),
             duplicate=outcome.duplicate,
         )
+    return refusal(outcome)
+
+
+def refusal(
+    outcome: usage_service.LimitExceeded | usage_service.PaymentRequired,
+) -> UsageLimitExceeded | PaymentRequired:
+    """Why a recording (or a whole batch) was refused."""
     if isinstance(outcome, usage_service.LimitExceeded):
         return UsageLimitExceeded(
             event_type=outcome.event_type,
@@ -357,3 +364,38 @@ def record_result(
             message=outcome.message,
         )
     return PaymentRequired(grace_ended_at=outcome.grace_ended_at, message=outcome.message)
+
+
+@strawberry.type
+class BatchItem:
+    index: int
+    event: UsageEvent
+    duplicate: bool
+
+
+@strawberry.type
+class UsageBatchRecorded:
+    items: list[BatchItem]
+    recorded: int
+    duplicates: int
+
+
+RecordUsageBatchResult = Annotated[
+    UsageBatchRecorded | UsageLimitExceeded | PaymentRequired,
+    strawberry.union("RecordUsageBatchResult"),
+]
+
+
+def batch_result(
+    outcome: usage_service.BatchOutcome,
+) -> UsageBatchRecorded | UsageLimitExceeded | PaymentRequired:
+    if isinstance(outcome, usage_service.BatchRecorded):
+        return UsageBatchRecorded(
+            items=[
+                BatchItem(index=i.index, event=UsageEvent.of(i.event), duplicate=i.duplicate)
+                for i in outcome.items
+            ],
+            recorded=outcome.recorded,
+            duplicates=outcome.duplicates,
+        )
+    return refusal(outcome)

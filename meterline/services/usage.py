@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -35,6 +36,10 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 255
 CLOCK_SKEW = timedelta(seconds=5)
 MAX_HISTORY_MONTHS = 24
 MAX_PAGE_SIZE = 100
+MAX_BATCH_EVENTS = 1_000
+# A batch whose keys a concurrent request took between our look-up and our claim is run again
+# (its look-up then finds them); this bounds how often.
+BATCH_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -64,8 +69,14 @@ class LimitExceeded:
     def message(self) -> str:
         return (
             f"The {self.event_type.value} allowance of the free tier is {self.included} a month; "
-            f"{self.used} used, {self.requested} requested. Upgrade to record more."
+            f"{self.used} used, {self.requested} requested: {self.over} over. "
+            "Upgrade to record more."
         )
+
+    @property
+    def over(self) -> int:
+        """By how much the request passes the allowance."""
+        return self.used + self.requested - self.included
 
 
 @dataclass(frozen=True)
@@ -80,8 +91,32 @@ class PaymentRequired:
 RecordOutcome = Recorded | LimitExceeded | PaymentRequired
 
 
-def outcome_label(outcome: RecordOutcome) -> str:
-    if isinstance(outcome, Recorded):
+@dataclass(frozen=True)
+class BatchItem:
+    index: int
+    event: StoredEvent
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class BatchRecorded:
+    items: list[BatchItem]
+
+    @property
+    def duplicates(self) -> int:
+        return sum(item.duplicate for item in self.items)
+
+    @property
+    def recorded(self) -> int:
+        return len(self.items) - self.duplicates
+
+
+BatchOutcome = BatchRecorded | LimitExceeded | PaymentRequired
+
+
+def outcome_label(outcome: RecordOutcome | BatchItem) -> str:
+    """The `outcome` label of the recordings counter."""
+    if isinstance(outcome, Recorded | BatchItem):
         return "duplicate" if outcome.duplicate else "recorded"
     return "limit_exceeded" if isinstance(outcome, LimitExceeded) else "payment_required"
 
@@ -257,7 +292,9 @@ async def record_usage(
             ) from None
         return replay
     except _CapReached:
-        return await _limit_exceeded(company, new_event)
+        return await _limit_exceeded(
+            company, new_event.month, new_event.event_type, new_event.quantity
+        )
     return Recorded(event, _statement(event.event_type, total), duplicate=False)
 
 
@@ -294,11 +331,8 @@ async def _replay(
     if record is None:
         return None
     original = record.event
-    same = record.fingerprint == fingerprint and (
-        occurred_at_given is None
-        or occurred_at_given == (record.occurred_at_given or original.occurred_at)
-    )
-    if not same:
+    original_at = record.occurred_at_given or original.occurred_at
+    if not _same_payload(fingerprint, occurred_at_given, record.fingerprint, original_at):
         raise IdempotencyKeyReused(
             "idempotencyKey was already used for a different event (type, quantity, metadata "
             "or occurredAt differ)"
@@ -308,14 +342,198 @@ async def _replay(
     return Recorded(original, _statement(original.event_type, total), duplicate=True)
 
 
-async def _limit_exceeded(company: Company, refused: NewEvent) -> LimitExceeded:
-    total = await usage.rollup(company.id, refused.month, refused.event_type)
+async def _limit_exceeded(
+    company: Company, month: date, event_type: EventType, requested: int
+) -> LimitExceeded:
+    total = await usage.rollup(company.id, month, event_type)
     if total is not None and total.cap is not None:
         cap, used = total.cap, total.used
     else:  # no row yet: refused by the current tier's cap
         plan = (await tiers.cached_plans())[company.tier]
-        cap, used = plan.cap(refused.event_type) or 0, total.used if total else 0
-    return LimitExceeded(refused.event_type, cap, used, refused.quantity)
+        cap, used = plan.cap(event_type) or 0, total.used if total else 0
+    return LimitExceeded(event_type, cap, used, requested)
+
+
+# --- recording a batch ----------------------------------------------------------------------
+#
+# The same rules as one recording, for up to 1,000 events in one transaction: a retried event
+# is answered from its key, new events are written all or none (a cap refuses the batch), and
+# the rollups are updated once per (month, event type).
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """One event of a batch, validated; `first` is the index of the first event in the batch
+    with the same idempotency key (its own index when it is the first or has no key)."""
+
+    index: int
+    request: RecordRequest
+    metadata: dict[str, Any] | None
+    given: datetime | None
+    fingerprint: str
+    first: int
+
+
+def _same_payload(
+    fingerprint: str,
+    given: datetime | None,
+    original_fingerprint: str,
+    original_at: datetime | None,
+) -> bool:
+    """DESIGN: event type, quantity and metadata are compared, occurredAt only when given."""
+    return fingerprint == original_fingerprint and (given is None or given == original_at)
+
+
+def _check_batch(requests: list[RecordRequest]) -> list[_Checked]:
+    if not 1 <= len(requests) <= MAX_BATCH_EVENTS:
+        raise BadUserInput(
+            f"events must hold 1 to {MAX_BATCH_EVENTS:,} events; {len(requests):,} were sent"
+        )
+    checked: list[_Checked] = []
+    first_of_key: dict[str, _Checked] = {}
+    for index, request in enumerate(requests):
+        try:
+            _validate(request)
+            metadata = _validated_metadata(request.metadata)
+            given = _given_occurred_at(request.occurred_at)
+        except BadUserInput as exc:
+            raise BadUserInput(f"events[{index}]: {exc}") from exc
+        fingerprint = _fingerprint(request.event_type, request.quantity, metadata)
+        key = request.idempotency_key
+        first = first_of_key.get(key) if key is not None else None
+        if first is not None and not _same_payload(
+            fingerprint, given, first.fingerprint, first.given
+        ):
+            raise IdempotencyKeyReused(
+                f"events[{index}] reuses the idempotencyKey of events[{first.index}] for a "
+                "different event (type, quantity, metadata or occurredAt differ)"
+            )
+        item = _Checked(
+            index, request, metadata, given, fingerprint, first.index if first else index
+        )
+        if key is not None and first is None:
+            first_of_key[key] = item
+        checked.append(item)
+    return checked
+
+
+def _replayed(
+    checked: list[_Checked], stored: dict[str, usage.KeyRecord]
+) -> dict[int, StoredEvent]:
+    """The events a batch's keys already recorded, by the index of the first event with that
+    key; IdempotencyKeyReused if one is sent again with a different payload."""
+    replayed: dict[int, StoredEvent] = {}
+    for item in checked:
+        key = item.request.idempotency_key
+        record = stored.get(key) if key is not None else None
+        if record is None or item.first != item.index:
+            continue
+        original_at = record.occurred_at_given or record.event.occurred_at
+        if not _same_payload(item.fingerprint, item.given, record.fingerprint, original_at):
+            raise IdempotencyKeyReused(
+                f"events[{item.index}]: idempotencyKey was already used for a different event "
+                "(type, quantity, metadata or occurredAt differ)"
+            )
+        replayed[item.index] = record.event
+    return replayed
+
+
+async def record_usage_batch(
+    company_id: uuid.UUID,
+    requests: list[RecordRequest],
+    *,
+    now: datetime,
+    late_grace_hours: int,
+) -> BatchOutcome:
+    checked = _check_batch(requests)
+    keys = sorted({r.idempotency_key for r in requests if r.idempotency_key is not None})
+    for _ in range(BATCH_ATTEMPTS):
+        # As for one event, retries are answered before anything else is checked.
+        replayed = _replayed(checked, await usage.find_idempotency_keys(company_id, keys))
+        fresh = [i for i in checked if i.first == i.index and i.index not in replayed]
+        if not fresh:
+            return _batch_answer(checked, replayed, {})
+        occurred: dict[int, datetime] = {}
+        for i in fresh:
+            try:
+                occurred[i.index] = _billable_occurred_at(i.given, now, late_grace_hours)
+            except BadUserInput as exc:
+                raise BadUserInput(f"events[{i.index}]: {exc}") from exc
+        company = await companies.get_or_create(company_id)
+        if company.dunning.status(now) is BillingStatus.RESTRICTED:
+            return PaymentRequired(grace_ended_at=company.dunning.grace_ends_at or now)
+        sync_state = "pending" if company.bills_usage else "local_only"
+        new_events = {
+            i.index: NewEvent(
+                id=uuid.uuid4(),
+                company_id=company_id,
+                event_type=i.request.event_type,
+                quantity=i.request.quantity,
+                occurred_at=occurred[i.index],
+                month=month_of(occurred[i.index]),
+                idempotency_key=i.request.idempotency_key,
+                metadata=i.metadata,
+                sync_state=sync_state,
+            )
+            for i in fresh
+        }
+        claims = [
+            usage.KeyClaim(key, new_events[i.index].id, i.fingerprint, i.given)
+            for i in fresh
+            if (key := i.request.idempotency_key) is not None
+        ]
+        try:
+            written = await _write_batch(company_id, new_events, claims)
+        except _KeyTaken:  # a concurrent request took one of the keys: look them up again
+            continue
+        except _GroupCapReached as refused:
+            return await _limit_exceeded(company, refused.month, refused.event_type, refused.total)
+        return _batch_answer(checked, replayed, written)
+    raise IdempotencyKeyReused(
+        "idempotency keys of this batch are in use by another request; retry"
+    )
+
+
+class _GroupCapReached(Exception):
+    def __init__(self, month: date, event_type: EventType, total: int) -> None:
+        super().__init__(f"{event_type.value} {month}: {total}")
+        self.month, self.event_type, self.total = month, event_type, total
+
+
+async def _write_batch(
+    company_id: uuid.UUID, new_events: dict[int, NewEvent], claims: list[usage.KeyClaim]
+) -> dict[int, StoredEvent]:
+    """The events, their keys and the rollups, in the same order as one recording (so a batch
+    and a single recording sharing a key or a rollup wait for each other, never deadlock): one
+    transaction, all or nothing."""
+    totals: Counter[tuple[date, EventType]] = Counter()
+    for event in new_events.values():
+        totals[(event.month, event.event_type)] += event.quantity
+    async with DB.transaction():
+        stored = await usage.insert_events(list(new_events.values()))
+        if claims and await usage.claim_idempotency_keys(company_id, claims) < len(claims):
+            raise _KeyTaken
+        added = await usage.add_to_rollups(company_id, totals)
+        if len(added) < len(totals):
+            month, event_type = min(set(totals) - set(added), key=lambda g: (g[0], g[1].value))
+            raise _GroupCapReached(month, event_type, totals[(month, event_type)])
+        written = dict(zip(new_events, stored, strict=True))
+    return written
+
+
+def _batch_answer(
+    checked: list[_Checked], replayed: dict[int, StoredEvent], written: dict[int, StoredEvent]
+) -> BatchRecorded:
+    """Per event, in the caller's order: the event it recorded, or the one its key recorded
+    before (a duplicate, counted once)."""
+    items = []
+    for item in checked:
+        if item.first in written and item.first == item.index:
+            items.append(BatchItem(item.index, written[item.index], duplicate=False))
+        else:
+            event = written.get(item.first) or replayed[item.first]
+            items.append(BatchItem(item.index, event, duplicate=True))
+    return BatchRecorded(items)
 
 
 # --- reads ----------------------------------------------------------------------------------
