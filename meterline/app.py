@@ -46,7 +46,7 @@ from meterline.webhooks.routes import webhook_routes
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
-MAX_BODY_BYTES = 1024 * 1024  # far above any legitimate document, batch or Stripe event
+MAX_BODY_BYTES = 8 * 1024 * 1024  # a batch of 1,000 events with 4 KB of metadata each, and room
 STRIPE_CALL_TIMEOUT_SECONDS = 8.0
 
 
