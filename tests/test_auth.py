@@ -502,3 +502,80 @@ async def test_jwks_made_up_key_ids_do_not_each_cost_a_fetch(
     good = await verifier.verify(rs256(keys.private, claims(), kid="ins_key_1"))
     assert good.user_id == "user_2abc"
     assert len(jwks_server.requests) == 1
+
+
+# ------------------------------------------------------------------- verified tokens remembered
+
+
+def move_clocks(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Both clocks that judge a token (the verifier's memory and pyjwt's) `seconds` ahead."""
+    import datetime as real
+
+    import jwt.api_jwt
+
+    ahead = time.time() + seconds
+
+    class Ahead(real.datetime):
+        @classmethod
+        def now(cls, tz: real.tzinfo | None = None) -> Ahead:
+            return cls.fromtimestamp(ahead, tz)
+
+    monkeypatch.setattr(jwt.api_jwt, "datetime", Ahead)
+    monkeypatch.setattr("meterline.auth.time.time", lambda: ahead)
+
+
+async def test_a_verified_token_is_not_verified_again(
+    keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    verifier = TokenVerifier(settings(keys, service_jwt_secret=SERVICE_SECRET))
+    user, service = rs256(keys.private, claims()), hs256(SERVICE_SECRET, "service")
+    first = [await verifier.verify(user), await verifier.verify(service)]
+
+    def no_decoding(*_: Any, **__: Any) -> None:
+        raise AssertionError("verified again")
+
+    monkeypatch.setattr(jwt, "decode", no_decoding)
+    assert [await verifier.verify(user), await verifier.verify(service)] == first
+
+
+async def test_a_remembered_token_is_refused_once_it_expires(
+    keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    verifier = TokenVerifier(settings(keys, jwt_leeway_seconds=5))
+    token = rs256(keys.private, claims())  # expires in 60 s
+    await verifier.verify(token)
+    move_clocks(monkeypatch, 64)  # inside the leeway: still good
+    assert (await verifier.verify(token)).user_id == "user_2abc"
+    move_clocks(monkeypatch, 66)
+    await refused(verifier, token, "token expired")
+
+
+async def test_only_tokens_that_passed_are_remembered(keys: Keys) -> None:
+    verifier = TokenVerifier(settings(keys, clerk_issuer=ISSUER))
+    forged = rs256(make_keys().private, claims())
+    for _ in range(2):
+        await refused(verifier, forged, "invalid signature")
+    wrong_issuer = rs256(keys.private, claims(iss="https://evil.example"))
+    for _ in range(2):
+        await refused(verifier, wrong_issuer, "invalid issuer")
+
+
+async def test_memory_of_verified_tokens_is_bounded(
+    keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("meterline.auth.VERIFIED_TOKENS_KEPT", 3)
+    verifier = TokenVerifier(settings(keys, service_jwt_secret=SERVICE_SECRET))
+    tokens = [hs256(SERVICE_SECRET, "service", sub=f"service:{n}") for n in range(5)]
+    for token in tokens:
+        await verifier.verify(token)
+    calls = []
+    real_decode = jwt.decode
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args[0])
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting)
+    for token in (tokens[0], tokens[3], tokens[4]):
+        await verifier.verify(token)
+    assert set(calls) == {tokens[0]}  # the oldest were forgotten; the newest three kept

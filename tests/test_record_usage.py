@@ -374,6 +374,24 @@ async def test_fifty_concurrent_calls_with_room_for_ten(api: Api) -> None:
     assert await rollup_matches_events(api.company_id)
 
 
+async def test_a_retry_of_the_event_that_filled_the_cap_is_a_duplicate(api: Api) -> None:
+    first = await recorded(api, quantity=50, idempotencyKey="fill")
+    again = await recorded(api, quantity=50, idempotencyKey="fill")
+    assert again["__typename"] == "UsageRecorded" and again["duplicate"] is True
+    assert again["event"]["id"] == first["event"]["id"]
+
+
+async def test_concurrent_retries_of_the_event_that_fills_the_cap_record_it_once(api: Api) -> None:
+    await recorded(api, quantity=40)
+    results = await asyncio.gather(
+        *[recorded(api, quantity=10, idempotencyKey="last-ten") for _ in range(20)]
+    )
+    assert [r["__typename"] for r in results] == ["UsageRecorded"] * 20
+    assert sum(1 for r in results if r["duplicate"] is False) == 1
+    assert await used(api) == 50
+    assert await rollup_matches_events(api.company_id)
+
+
 async def test_restricted_company_gets_payment_required_and_can_still_read(api: Api) -> None:
     now = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
     api.clock.set(now)

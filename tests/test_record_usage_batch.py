@@ -322,6 +322,17 @@ async def test_concurrent_batches_at_the_cap_never_pass_it(api: Api) -> None:
     assert await rollup_matches_events(api.company_id)
 
 
+async def test_copies_of_the_batch_that_fills_the_cap_are_duplicates_not_refusals(
+    api: Api,
+) -> None:
+    await companies.get_or_create(api.company_id)
+    events = [invitation(f"fill-{i}", 5) for i in range(10)]  # exactly the free tier's 50
+    results = await asyncio.gather(*[batch(api, events) for _ in range(8)])
+    assert [r["__typename"] for r in results] == ["UsageBatchRecorded"] * 8
+    assert sorted(r["recorded"] for r in results) == [0] * 7 + [10]
+    assert await stored(api.company_id) == (10, 50)
+
+
 async def test_batches_and_single_recordings_share_the_cap(api: Api) -> None:
     await companies.get_or_create(api.company_id)
     singles = [api.gql(RECORD, {"input": invitation(f"s{i}")}, role="service") for i in range(20)]

@@ -1,13 +1,16 @@
 """Running SQL with asyncpg `$n` placeholders on the engine's pool or current transaction.
 
 Repositories use this rather than building strings: `async with DB.transaction():` (Piccolo)
-still scopes every call made inside it to one connection and one transaction.
+still scopes every call made inside it to one connection and one transaction, and
+`async with pinned():` runs the statements of one short piece of work on one pooled connection
+without a transaction.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import asyncpg
@@ -15,12 +18,34 @@ from asyncpg.pool import PoolConnectionProxy
 
 from meterline.db.engine import DB
 
+_pinned: ContextVar[PoolConnectionProxy | None] = ContextVar("pinned_connection", default=None)
+
+
+@asynccontextmanager
+async def pinned() -> AsyncIterator[None]:
+    """The statements run inside use one pooled connection, each in its own implicit
+    transaction. A pool release costs a round trip (asyncpg resets the connection), so a hot
+    path of several statements takes the connection once. Run its statements one after the
+    other (asyncpg runs one at a time) and open no transaction inside: that would hold a
+    second connection."""
+    if _pinned.get() is not None or DB.current_transaction.get() is not None or DB.pool is None:
+        yield
+        return
+    async with DB.pool.acquire() as connection:
+        token = _pinned.set(connection)
+        try:
+            yield
+        finally:
+            _pinned.reset(token)
+
 
 @asynccontextmanager
 async def _connection() -> AsyncIterator[asyncpg.Connection | PoolConnectionProxy]:
     transaction = DB.current_transaction.get()
     if transaction is not None:
         yield transaction.connection
+    elif (connection := _pinned.get()) is not None:
+        yield connection
     elif DB.pool is not None:
         async with DB.pool.acquire() as connection:
             yield connection

@@ -228,12 +228,14 @@ def _rollup(row: asyncpg.Record) -> Rollup:
     )
 
 
-# The cap-checked rollup upsert, for the (month, event type, quantity) rows of `wanted`. The
-# first event of a month copies the company's current allowance (and cap) into the row; later
-# ones are checked against that copy. Rows are locked in (month, event type) order, so two
-# batches touching the same rows never deadlock.
+# The cap-checked rollup upsert, as the CTE `added`, for the (month, event type, quantity) rows
+# of `wanted`. The first event of a month copies the company's current allowance (and cap) into
+# the row; later ones are checked against that copy, so the month keeps one price. The upsert
+# locks the rows, in (month, event type) order, so concurrent recordings are checked one after
+# the other against the committed total, and two batches never deadlock. A row refused by its
+# cap is missing from `added`.
 _ROLLUP_UPSERT = """
-WITH wanted AS ({wanted}),
+wanted AS ({wanted}),
 plan AS (
     SELECT w.month, w.event_type, w.quantity, t.name AS tier, a.included, a.unit_price,
            CASE WHEN t.hard_cap THEN a.included END AS cap
@@ -241,54 +243,106 @@ plan AS (
     JOIN companies c ON c.id = $1
     JOIN tiers t ON t.name = c.tier
     JOIN tier_allowances a ON a.tier = t.name AND a.event_type = w.event_type
-)
-INSERT INTO usage_rollups AS r
-    (company_id, month, event_type, used, tier, included, unit_price, cap)
-SELECT $1, p.month, p.event_type, p.quantity, p.tier, p.included, p.unit_price,
-       -- past the current cap only when the month's row exists (next line): then this row is
-       -- never stored, but it must still pass the CHECK on cap to reach the conflict, where
-       -- the month's own cap decides
-       CASE WHEN p.quantity <= p.cap THEN p.cap END
-FROM plan p
-WHERE p.cap IS NULL OR p.quantity <= p.cap
-   OR EXISTS (SELECT 1 FROM usage_rollups x
-              WHERE x.company_id = $1 AND x.month = p.month AND x.event_type = p.event_type)
-ORDER BY p.month, p.event_type
-ON CONFLICT (company_id, month, event_type)
-DO UPDATE SET used = r.used + EXCLUDED.used
-WHERE r.cap IS NULL OR r.used + EXCLUDED.used <= r.cap
-RETURNING month, event_type, used, tier, included, unit_price, cap
-"""
-# One event's: $1 company, $2 month, $3 event type, $4 quantity.
-ADD_TO_ROLLUP_SQL = _ROLLUP_UPSERT.format(
-    wanted="SELECT $2::date AS month, $3::text AS event_type, $4::bigint AS quantity"
-)
-# A batch's, grouped: $2, $3 and $4 are arrays, one element per (month, event type).
-ADD_TO_ROLLUPS_SQL = _ROLLUP_UPSERT.format(
-    wanted="SELECT * FROM unnest($2::date[], $3::text[], $4::bigint[]) "
-    "AS w(month, event_type, quantity)"
-)
+),
+added AS (
+    INSERT INTO usage_rollups AS r
+        (company_id, month, event_type, used, tier, included, unit_price, cap)
+    SELECT $1, p.month, p.event_type, p.quantity, p.tier, p.included, p.unit_price,
+           -- past the current cap only when the month's row exists (next line): then this row
+           -- is never stored, but it must still pass the CHECK on cap to reach the conflict,
+           -- where the month's own cap decides
+           CASE WHEN p.quantity <= p.cap THEN p.cap END
+    FROM plan p
+    WHERE p.cap IS NULL OR p.quantity <= p.cap
+       OR EXISTS (SELECT 1 FROM usage_rollups x
+                  WHERE x.company_id = $1 AND x.month = p.month AND x.event_type = p.event_type)
+    ORDER BY p.month, p.event_type
+    ON CONFLICT (company_id, month, event_type)
+    DO UPDATE SET used = r.used + EXCLUDED.used
+    WHERE r.cap IS NULL OR r.used + EXCLUDED.used <= r.cap
+    RETURNING month, event_type, used, tier, included, unit_price, cap
+)"""
 
-
-async def add_to_rollup(
-    company_id: uuid.UUID, month: date, event_type: EventType, quantity: int
-) -> Rollup | None:
-    """Add `quantity` to the month's rollup and return it; None (nothing written) when that
-    would pass the month's hard cap.
-
-    The first event of a month copies the company's current allowance (and cap) into the row;
-    later ones are checked against that copy, so the month keeps one price. The allowance is
-    read in this statement, inside the caller's transaction. The upsert locks the row, so
-    concurrent recordings are checked one after the other against the committed total.
-    """
-    row = await sql.fetchrow(
-        ADD_TO_ROLLUP_SQL,
-        company_id,
-        month,
-        event_type.value,
-        quantity,
+# One recording in ONE statement (so one round trip and no BEGIN/COMMIT): the rollup first
+# (the lock every recording of that month and type queues on), then the event, then its key;
+# the event and the key are written only if the cap let the rollup through. A key already
+# stored (or being stored) by another request fails the unique index, and the statement,
+# rollup included, is undone. Parameters: $1 company, $2 month, $3 event type, $4 quantity,
+# $5 event id, $6 occurred_at, $7 idempotency key, $8 metadata, $9 sync state,
+# $10 fingerprint, $11 occurredAt as given.
+RECORD_EVENT_SQL = f"""
+WITH {
+    _ROLLUP_UPSERT.format(
+        wanted="SELECT $2::date AS month, $3::text AS event_type, $4::bigint AS quantity"
     )
-    return _rollup(row) if row else None
+},
+event AS (
+    INSERT INTO usage_events (id, company_id, event_type, quantity, occurred_at, month,
+                              idempotency_key, metadata, sync_state)
+    SELECT $5, $1, $3, $4, $6, $2, $7, $8, $9 FROM added
+    RETURNING {_EVENT_COLUMNS}
+),
+key AS (
+    INSERT INTO idempotency_keys (company_id, key, event_id, fingerprint, occurred_at_given)
+    SELECT $1, $7, event.id, $10, $11 FROM event WHERE $7::text IS NOT NULL
+)
+SELECT event.*, added.used, added.tier, added.included, added.unit_price, added.cap
+FROM added, event
+"""
+
+# TEMPORARY (bench/baseline.py still runs the three-statement form): removed with that switch.
+ADD_TO_ROLLUP_SQL = f"""
+WITH {
+    _ROLLUP_UPSERT.format(
+        wanted="SELECT $2::date AS month, $3::text AS event_type, $4::bigint AS quantity"
+    )
+}
+SELECT used, tier, included, unit_price, cap FROM added
+"""
+
+# A batch's rollups: $2, $3 and $4 are arrays, one element per (month, event type).
+ADD_TO_ROLLUPS_SQL = f"""
+WITH {
+    _ROLLUP_UPSERT.format(
+        wanted="SELECT * FROM unnest($2::date[], $3::text[], $4::bigint[]) "
+        "AS w(month, event_type, quantity)"
+    )
+}
+SELECT * FROM added
+"""
+
+
+class KeyTaken(Exception):
+    """The event's idempotency key is stored already: it is a retry (or a misuse) of it."""
+
+
+async def record_event(
+    event: NewEvent, *, fingerprint: str, occurred_at_given: datetime | None
+) -> tuple[StoredEvent, Rollup] | None:
+    """Store one event with its key and add it to its month's rollup, all or nothing: the
+    stored event and the rollup after it; None (nothing written) when the month's hard cap
+    refuses it; KeyTaken when its idempotency key is stored already (if the key's transaction
+    is still open, this waits for it to end, so a concurrent retry never records twice)."""
+    try:
+        row = await sql.fetchrow(
+            RECORD_EVENT_SQL,
+            event.company_id,
+            event.month,
+            event.event_type.value,
+            event.quantity,
+            event.id,
+            event.occurred_at,
+            event.idempotency_key,
+            json.dumps(event.metadata) if event.metadata is not None else None,
+            event.sync_state,
+            fingerprint,
+            occurred_at_given,
+        )
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name != "idempotency_keys_unique":
+            raise
+        raise KeyTaken(event.idempotency_key) from exc
+    return (_event(row), _rollup(row)) if row else None
 
 
 async def add_to_rollups(

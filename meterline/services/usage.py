@@ -24,7 +24,7 @@ from meterline.billing.periods import (
     months_back,
 )
 from meterline.billing.pricing import MeterStatement, price_meter, total_overage_cost
-from meterline.db import companies, subscriptions, tiers, usage
+from meterline.db import companies, sql, subscriptions, tiers, usage
 from meterline.db.companies import Company
 from meterline.db.engine import DB
 from meterline.db.usage import NewEvent, StoredEvent
@@ -246,10 +246,6 @@ class _KeyTaken(Exception):
     pass
 
 
-class _CapReached(Exception):
-    pass
-
-
 async def record_usage(
     company_id: uuid.UUID, request: RecordRequest, *, now: datetime, late_grace_hours: int
 ) -> RecordOutcome:
@@ -259,67 +255,53 @@ async def record_usage(
     fingerprint = _fingerprint(request.event_type, request.quantity, metadata)
     key = request.idempotency_key
 
-    # A retry is answered from its key before anything else is checked: the first request was
-    # recorded (and will be billed), so a retry must not be told "do not send" because the
-    # period closed or the company was restricted in between.
-    if key is not None and (replay := await _replay(company_id, key, fingerprint, given)):
-        return replay
+    # A retry is answered from its key before any refusal: the first request was recorded (and
+    # will be billed), so a retry must not be told "do not send" because the period closed, the
+    # company was restricted or the cap was reached in between. The key is looked up only on
+    # those paths (and when the write finds it taken), so a new event costs no look-up.
+    async def retried() -> Recorded | None:
+        return await _replay(company_id, key, fingerprint, given) if key is not None else None
 
-    occurred_at = _billable_occurred_at(given, now, late_grace_hours)
-    company = await companies.get_or_create(company_id)
-    if company.dunning.status(now) is BillingStatus.RESTRICTED:
-        return PaymentRequired(grace_ended_at=company.dunning.grace_ends_at or now)
-
-    new_event = NewEvent(
-        id=uuid.uuid4(),
-        company_id=company_id,
-        event_type=request.event_type,
-        quantity=request.quantity,
-        occurred_at=occurred_at,
-        month=month_of(occurred_at),
-        idempotency_key=key,
-        metadata=metadata,
-        sync_state="pending" if company.bills_usage else "local_only",
-    )
     try:
-        event, total = await _write(new_event, fingerprint, given)
-    except _KeyTaken:  # a concurrent request with this key committed first
-        assert key is not None
-        replay = await _replay(company_id, key, fingerprint, given)
-        if replay is None:  # its holder is gone (cannot happen while keys are never deleted)
-            raise IdempotencyKeyReused(
-                "idempotencyKey is in use by another request; retry"
-            ) from None
-        return replay
-    except _CapReached:
-        return await _limit_exceeded(
-            company, new_event.month, new_event.event_type, new_event.quantity
+        occurred_at = _billable_occurred_at(given, now, late_grace_hours)
+    except BadUserInput:
+        if replay := await retried():
+            return replay
+        raise
+    async with sql.pinned():  # one pooled connection for the request's two or three statements
+        company = await companies.get_or_create(company_id)
+        if company.dunning.status(now) is BillingStatus.RESTRICTED:
+            return await retried() or PaymentRequired(
+                grace_ended_at=company.dunning.grace_ends_at or now
+            )
+        new_event = NewEvent(
+            id=uuid.uuid4(),
+            company_id=company_id,
+            event_type=request.event_type,
+            quantity=request.quantity,
+            occurred_at=occurred_at,
+            month=month_of(occurred_at),
+            idempotency_key=key,
+            metadata=metadata,
+            sync_state="pending" if company.bills_usage else "local_only",
         )
+        try:
+            written = await usage.record_event(
+                new_event, fingerprint=fingerprint, occurred_at_given=given
+            )
+        except usage.KeyTaken:  # stored before, or by a concurrent request that committed first
+            replay = await retried()
+            if replay is None:  # its holder is gone (cannot happen while keys are never deleted)
+                raise IdempotencyKeyReused(
+                    "idempotencyKey is in use by another request; retry"
+                ) from None
+            return replay
+        if written is None:
+            return await retried() or await _limit_exceeded(
+                company, new_event.month, new_event.event_type, new_event.quantity
+            )
+    event, total = written
     return Recorded(event, _statement(event.event_type, total), duplicate=False)
-
-
-async def _write(
-    new_event: NewEvent, fingerprint: str, occurred_at_given: datetime | None
-) -> tuple[StoredEvent, usage.Rollup]:
-    """The event, its idempotency key and the rollup: one transaction, all or nothing."""
-    async with DB.transaction():
-        event = await usage.insert_event(new_event)
-        key = new_event.idempotency_key
-        if key is not None and not await usage.claim_idempotency_key(
-            new_event.company_id,
-            key,
-            event.id,
-            fingerprint=fingerprint,
-            occurred_at_given=occurred_at_given,
-        ):
-            raise _KeyTaken
-        total = await usage.add_to_rollup(
-            new_event.company_id, new_event.month, new_event.event_type, new_event.quantity
-        )
-        if total is None:
-            raise _CapReached
-        written = (event, total)
-    return written
 
 
 async def _replay(
@@ -487,6 +469,10 @@ async def record_usage_batch(
         except _KeyTaken:  # a concurrent request took one of the keys: look them up again
             continue
         except _GroupCapReached as refused:
+            # The rollups are checked before the keys are claimed: a cap reached by a
+            # concurrent copy of this batch makes it a retry, answered from its keys.
+            if claims and await usage.find_idempotency_keys(company_id, [c.key for c in claims]):
+                continue
             return await _limit_exceeded(company, refused.month, refused.event_type, refused.total)
         return _batch_answer(checked, replayed, written)
     raise IdempotencyKeyReused(
@@ -503,20 +489,20 @@ class _GroupCapReached(Exception):
 async def _write_batch(
     company_id: uuid.UUID, new_events: dict[int, NewEvent], claims: list[usage.KeyClaim]
 ) -> dict[int, StoredEvent]:
-    """The events, their keys and the rollups, in the same order as one recording (so a batch
-    and a single recording sharing a key or a rollup wait for each other, never deadlock): one
-    transaction, all or nothing."""
+    """The events, the rollups and then the keys, in the same lock order as one recording
+    (rollups, then keys, each sorted), so a batch and a recording sharing a rollup or a key
+    wait for each other and never deadlock: one transaction, all or nothing."""
     totals: Counter[tuple[date, EventType]] = Counter()
     for event in new_events.values():
         totals[(event.month, event.event_type)] += event.quantity
     async with DB.transaction():
         stored = await usage.insert_events(list(new_events.values()))
-        if claims and await usage.claim_idempotency_keys(company_id, claims) < len(claims):
-            raise _KeyTaken
         added = await usage.add_to_rollups(company_id, totals)
         if len(added) < len(totals):
             month, event_type = min(set(totals) - set(added), key=lambda g: (g[0], g[1].value))
             raise _GroupCapReached(month, event_type, totals[(month, event_type)])
+        if claims and await usage.claim_idempotency_keys(company_id, claims) < len(claims):
+            raise _KeyTaken
         written = dict(zip(new_events, stored, strict=True))
     return written
 
