@@ -27,9 +27,7 @@ lint: $(STAMP)
 	$(BIN)/mypy meterline
 
 bench: $(STAMP)
-	$(BIN)/python -m bench.record_usage
-	$(BIN)/python -m bench.sync
-	$(BIN)/python -m bench.webhooks
+	$(BIN)/python -m bench.suite
 
 schema: $(STAMP)
 	$(BIN)/meterline schema > schema.graphql

@@ -25,46 +25,39 @@ runs in threads of this process, so it shares the GIL (and the cores) with the j
 shares the machine too. The CPU line says who used it (1.00 = one core busy): "job" is this
 process's main thread (the event loop), "Stripe double" its other threads.
 
-The database is never the developer's: with DATABASE_URL set, a fresh `meterline_bench_<hex>`
-database is created on that server and dropped at the end; without it, an embedded PostgreSQL
-runs in a temporary directory, stopped and removed at the end.
+The database is never the developer's (bench.harness): a fresh database on DATABASE_URL's
+server, or an embedded PostgreSQL in a temporary directory, removed at the end.
 
-Figures go to stdout and, under the "sync" key, to bench/results/latest.json (the other keys,
-written by bench.record_usage, are kept; record_usage keeps this one).
+`python -m bench.suite` runs this benchmark as one of its rows. Run alone, its figures go to
+stdout and under "sections.sync" of bench/results/latest.json (the rest of the file is kept).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
-import os
-import shlex
-import shutil
 import sys
-import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import psutil
-
-from bench.record_usage import (
-    cpu_seconds,
-    create_database,
-    drop_database,
-    machine_busy_seconds,
+from bench.harness import (
+    PROJECT_ROOT,
+    RESULTS_FILE,
+    CpuProbe,
+    PostgresServer,
+    command_line,
+    fresh_database,
     machine_info,
-    postgres_processes,
+    main_thread_source,
+    other_threads_source,
+    postgres_server,
+    postgres_source,
     postmaster_of,
-    redacted,
-    stop_embedded,
-    with_database,
+    work_directory,
     write_section,
 )
 from meterline.billing.catalog import EventType, Tier
@@ -77,8 +70,6 @@ from meterline.stripe_gateway.client import make_client
 from meterline.stripe_gateway.meter_events import meter_event_name
 from tests.stripe_double import StripeDouble
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-RESULTS_FILE = PROJECT_ROOT / "bench" / "results" / "latest.json"
 METER_EVENTS_PATH = "/v1/billing/meter_events"
 TARGET_EVENTS_PER_S = 5_000
 EVENT_TYPES = list(EventType)
@@ -227,39 +218,22 @@ async def check_exact(double: StripeDouble, customers: dict[uuid.UUID, str]) -> 
 # --- CPU -------------------------------------------------------------------------------------
 
 
-class CpuMeter:
-    """CPU seconds used by the job (this process's main thread: the event loop), the Stripe
-    double (this process's other threads), PostgreSQL (if local) and the whole machine."""
-
-    def __init__(self, postmaster_pid: int | None) -> None:
-        self._me = psutil.Process()
-        self._main_thread = threading.main_thread().native_id
-        self._postmaster = psutil.Process(postmaster_pid) if postmaster_pid else None
-
-    def snapshot(self) -> dict[str, float]:
-        process = cpu_seconds(self._me)  # includes threads that have ended since
-        job = sum(
-            t.user_time + t.system_time for t in self._me.threads() if t.id == self._main_thread
-        )
-        postgres = sum(cpu_seconds(p) for p in postgres_processes(self._postmaster))
-        return {
-            "job": job,
-            "double": process - job,
-            "postgres": postgres,
-            "machine": machine_busy_seconds(),
+def cpu_probe(postmaster_pid: int | None) -> CpuProbe:
+    """The job (this process's main thread: the event loop), the Stripe double (this process's
+    other threads), PostgreSQL (if local) and the whole machine."""
+    return CpuProbe(
+        {
+            "job": main_thread_source,
+            "double": other_threads_source,
+            "postgres": postgres_source(postmaster_pid),
         }
-
-    @staticmethod
-    def cores(
-        before: dict[str, float], after: dict[str, float], seconds: float
-    ) -> dict[str, float]:
-        return {name: round((after[name] - before[name]) / seconds, 2) for name in after}
+    )
 
 
 # --- one measurement -------------------------------------------------------------------------
 
 
-async def measure(args: argparse.Namespace, concurrency: int, cpu: CpuMeter) -> RunResult:
+async def measure(args: argparse.Namespace, concurrency: int, cpu: CpuProbe) -> RunResult:
     """Fresh tables, a fresh double, the seed; then one timed `SyncJob.run()` and the checks."""
     await reset_tables()
     with StripeDouble() as double:
@@ -279,7 +253,7 @@ async def measure(args: argparse.Namespace, concurrency: int, cpu: CpuMeter) -> 
         started = time.perf_counter()
         report: SyncReport = await job.run()
         wall_s = time.perf_counter() - started
-        cpu_cores = cpu.cores(cpu_before, cpu.snapshot(), wall_s)
+        cpu_cores = CpuProbe.cores(cpu_before, cpu.snapshot())
         calls = sum(
             1 for call in double.requests[calls_before:] if call == ("POST", METER_EVENTS_PATH)
         )
@@ -310,7 +284,7 @@ async def run_benchmark(args: argparse.Namespace, database_url: str) -> dict[str
         row = await sql.fetchrow("SELECT current_setting('server_version') AS v, pg_backend_pid()")
         assert row is not None
         version = str(row["v"])
-        cpu = CpuMeter(postmaster_of(int(row["pg_backend_pid"])))
+        cpu = cpu_probe(postmaster_of(int(row["pg_backend_pid"])))
         series = []
         for concurrency in args.concurrency:
             runs = []
@@ -413,10 +387,6 @@ def print_report(report: dict[str, Any], series: list[Series]) -> None:
     )
 
 
-def write_results(report: dict[str, Any]) -> None:
-    write_section("sync", report)
-
-
 # --- main ------------------------------------------------------------------------------------
 
 
@@ -460,54 +430,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def command_line(argv: list[str], database_url: str | None) -> str:
-    prefix = f"DATABASE_URL={shlex.quote(redacted(database_url))} " if database_url else ""
-    return prefix + shlex.join(["python", "-m", "bench.sync", *argv])
-
-
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
+def run(
+    args: argparse.Namespace, argv: list[str], server: PostgresServer
+) -> tuple[dict[str, Any], list[Series]]:
+    """One benchmark on a fresh database of `server`: the report (latest.json) and the series."""
     began = time.monotonic()
     started_at = datetime.now(UTC)
     machine = machine_info()
-    configured_url = os.environ.get("DATABASE_URL", "").strip() or None
-    work_dir = Path(tempfile.mkdtemp(prefix="meterline-bench-sync-"))
-    pgdata = work_dir / "pgdata"
-    # At exit the embedded server's library takes a lock file under work_dir/runtime again;
-    # registered first, this removal runs after it (atexit is last in, first out).
-    atexit.register(shutil.rmtree, work_dir, ignore_errors=True)
-    bench_db: str | None = None
-    try:
-        if configured_url:
-            bench_db = f"meterline_bench_{uuid.uuid4().hex[:12]}"
-            asyncio.run(create_database(configured_url, bench_db))
-            database_url = with_database(configured_url, bench_db)
-            database = redacted(database_url)
-        else:
-            from meterline.db.embedded import start_embedded
-
-            print(f"starting an embedded PostgreSQL in {pgdata} ...", flush=True)
-            database_url = start_embedded(pgdata)
-            database = f"embedded, temporary data dir {pgdata}"
+    with fresh_database(server) as database_url:
         figures = asyncio.run(run_benchmark(args, database_url))
-    finally:
-        if configured_url and bench_db:
-            try:
-                asyncio.run(asyncio.wait_for(drop_database(configured_url, bench_db), 90))
-            except Exception as exc:
-                print(f"warning: could not drop database {bench_db}: {exc}", file=sys.stderr)
-        if not configured_url:
-            stop_embedded(pgdata)  # fast shutdown, then immediate: at most ~15 s
-        shutil.rmtree(work_dir, ignore_errors=True)
     series: list[Series] = figures["series"]
     best = max(series, key=lambda s: (s.exact, s.median.meets_targets, s.median.events_per_s))
     report: dict[str, Any] = {
         "benchmark": "sync",
         "started_at": started_at.isoformat(timespec="seconds"),
-        "command": command_line(argv, configured_url),
+        "command": command_line("bench.sync", argv),
         "machine": machine,
-        "database": database,
+        "database": server.description,
         "postgres_version": figures["postgres_version"],
         "pool": args.pool,
         "events": args.events,
@@ -528,8 +467,16 @@ def main(argv: list[str] | None = None) -> None:
         "best_concurrency": best.concurrency,
         "total_s": round(time.monotonic() - began, 1),
     }
+    return report, series
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    with work_directory("meterline-bench-sync-") as work_dir, postgres_server(work_dir) as server:
+        report, series = run(args, argv, server)
     print_report(report, series)
-    write_results(report)
+    write_section("sync", report)
     if not all(s.exact for s in series):
         sys.exit(1)
 

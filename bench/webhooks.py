@@ -28,16 +28,15 @@ delivered is stored once, applied exactly once (applied_count = 1, status applie
 that each event got exactly one non-duplicate answer, and that the invoice and subscription
 mirrors hold what the double holds. Any failure exits non-zero.
 
-The database is never the developer's: with DATABASE_URL set, a fresh `meterline_bench_<hex>`
-database is created on that server and dropped at the end; without it, the server starts an
-embedded PostgreSQL in a temporary directory, removed at the end.
+The database is never the developer's (bench.harness): a fresh database on DATABASE_URL's
+server, or an embedded PostgreSQL in a temporary directory, removed at the end.
 
 The double runs in threads of this process, so it shares the GIL (and the cores) with the load
 generator; the server and PostgreSQL share the machine too. The CPU line says who used it
 (1.00 = one core busy): "load" is this process's main thread, "double" its other threads.
 
-Figures go to stdout and, under the "webhooks" key, to bench/results/latest.json (the other
-benchmarks' keys are kept).
+`python -m bench.suite` runs this benchmark as one of its rows. Run alone, its figures go to
+stdout and under "sections.webhooks" of bench/results/latest.json (the rest is kept).
 """
 
 from __future__ import annotations
@@ -46,15 +45,10 @@ import argparse
 import asyncio
 import itertools
 import json
-import os
 import random
 import re
 import secrets
-import shlex
-import shutil
 import sys
-import tempfile
-import threading
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -65,34 +59,30 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.record_usage import (
-    HOST,
+from bench.harness import (
     PROJECT_ROOT,
     REQUEST_TIMEOUT_S,
     RESULTS_FILE,
-    SCRUBBED_ENV,
-    count_error_lines,
-    cpu_seconds,
-    create_database,
-    drop_database,
-    embedded_url,
+    CpuProbe,
+    PostgresServer,
+    ServerProcess,
+    command_line,
     fmt,
-    free_port,
-    log_tail,
-    machine_busy_seconds,
+    fresh_database,
     machine_info,
+    main_thread_source,
+    meterline_server,
+    other_threads_source,
     percentile,
-    postgres_processes,
+    postgres_server,
+    postgres_source,
     postmaster_of,
-    redacted,
-    start_server,
-    stop_embedded,
-    stop_server,
-    wait_ready,
-    with_database,
+    processes_source,
+    server_env,
+    server_pool_size,
+    work_directory,
     write_section,
 )
 from meterline.billing.catalog import EventType, Tier
@@ -295,34 +285,17 @@ def reads_by_path(requests: list[tuple[str, str]]) -> dict[str, int]:
 # --- CPU -------------------------------------------------------------------------------------
 
 
-class CpuMeter:
-    """CPU seconds used by the load generator (this process's main thread: the event loop),
-    the Stripe double (this process's other threads), the server, PostgreSQL (if local) and
-    the whole machine."""
-
-    def __init__(self, server_pid: int, postmaster_pid: int | None) -> None:
-        self._me = psutil.Process()
-        self._main_thread = threading.main_thread().native_id
-        self._server = psutil.Process(server_pid)
-        self._postmaster = psutil.Process(postmaster_pid) if postmaster_pid else None
-
-    def snapshot(self) -> dict[str, float]:
-        process = cpu_seconds(self._me)  # includes threads that have ended since
-        load = sum(
-            t.user_time + t.system_time for t in self._me.threads() if t.id == self._main_thread
-        )
-        postgres = sum(cpu_seconds(p) for p in postgres_processes(self._postmaster))
-        return {
-            "load": load,
-            "double": process - load,
-            "server": cpu_seconds(self._server),
-            "postgres": postgres,
-            "machine": machine_busy_seconds(),
+def cpu_probe(server: ServerProcess, postmaster_pid: int | None) -> CpuProbe:
+    """The load generator (this process's main thread: the event loop), the Stripe double (this
+    process's other threads), the server, PostgreSQL (if local) and the whole machine."""
+    return CpuProbe(
+        {
+            "load": main_thread_source,
+            "double": other_threads_source,
+            "server": processes_source(server.processes),
+            "postgres": postgres_source(postmaster_pid),
         }
-
-    @staticmethod
-    def used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-        return {name: after[name] - before[name] for name in after}
+    )
 
 
 # --- the server's own view -------------------------------------------------------------------
@@ -490,9 +463,8 @@ async def check(double: StripeDouble, seeded: Seeded, loads: list[LoadResult]) -
 async def run_benchmark(
     args: argparse.Namespace,
     double: StripeDouble,
-    base_url: str,
     database_url: str,
-    server_pid: int,
+    server: ServerProcess,
     secret: str,
     metrics_token: str,
 ) -> dict[str, Any]:
@@ -502,7 +474,7 @@ async def run_benchmark(
         row = await sql.fetchrow("SELECT current_setting('server_version') AS v, pg_backend_pid()")
         assert row is not None
         version = str(row["v"])
-        cpu = CpuMeter(server_pid, postmaster_of(int(row["pg_backend_pid"])))
+        cpu = cpu_probe(server, postmaster_of(int(row["pg_backend_pid"])))
 
         began = time.perf_counter()
         tier_prices = await make_catalog(double)
@@ -521,7 +493,7 @@ async def run_benchmark(
             max_connections=args.concurrency, max_keepalive_connections=args.concurrency
         )
         async with httpx.AsyncClient(
-            base_url=base_url, limits=limits, timeout=httpx.Timeout(REQUEST_TIMEOUT_S)
+            base_url=server.base_url, limits=limits, timeout=httpx.Timeout(REQUEST_TIMEOUT_S)
         ) as client:
             timer = ReadTimer(double)
             double.delay = args.delay_ms / 1000
@@ -539,7 +511,7 @@ async def run_benchmark(
             timer.active = True
             cpu_before = cpu.snapshot()
             load = await send_all(client, measured, secret, args.concurrency, args.seconds)
-            cpu_used = CpuMeter.used(cpu_before, cpu.snapshot())
+            cpu_used = CpuProbe.used(cpu_before, cpu.snapshot())
             timer.active = False
             reads = reads_by_path(double.requests[requests_before:])
             server_view = difference(metrics_before, await scrape(client, metrics_token))
@@ -695,10 +667,6 @@ def print_report(report: dict[str, Any]) -> None:
     )
 
 
-def write_results(report: dict[str, Any]) -> None:
-    write_section("webhooks", report)
-
-
 # --- main ------------------------------------------------------------------------------------
 
 
@@ -736,82 +704,34 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def command_line(argv: list[str], database_url: str | None) -> str:
-    prefix = f"DATABASE_URL={shlex.quote(redacted(database_url))} " if database_url else ""
-    return prefix + shlex.join(["python", "-m", "bench.webhooks", *argv])
-
-
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
+def run(
+    args: argparse.Namespace, argv: list[str], postgres: PostgresServer, work_dir: Path
+) -> dict[str, Any]:
+    """One benchmark: the Stripe double in this process, the server on a fresh database of
+    `postgres`; the report (latest.json)."""
     began = time.monotonic()
     started_at = datetime.now(UTC)
     machine = machine_info()
-    configured_url = os.environ.get("DATABASE_URL", "").strip() or None
     secret = f"whsec_{secrets.token_urlsafe(24)}"
     metrics_token = secrets.token_urlsafe(24)
-    work_dir = Path(tempfile.mkdtemp(prefix="meterline-bench-webhooks-"))
-    log_path = work_dir / "server.log"
-    pgdata = work_dir / "pgdata"
-    bench_db: str | None = None
-    server = None
-    exit_status: int | None = None
-    with StripeDouble() as double:
-        env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
-        env.update(
-            METERLINE_ENV="production",
+    with StripeDouble() as double, fresh_database(postgres) as database_url:
+        env = server_env(
+            database_url,
             STRIPE_SECRET_KEY=double.api_key,
             STRIPE_API_BASE=double.url,
             STRIPE_WEBHOOK_SECRET=secret,
             METRICS_TOKEN=metrics_token,
-            PYTHONUNBUFFERED="1",
         )
-        try:
-            if configured_url:
-                bench_db = f"meterline_bench_{uuid.uuid4().hex[:12]}"
-                asyncio.run(create_database(configured_url, bench_db))
-                env["DATABASE_URL"] = database_url = with_database(configured_url, bench_db)
-                database = redacted(database_url)
-            else:
-                env["METERLINE_DATA_DIR"] = str(pgdata)  # the server starts it there
-                database = f"embedded, temporary data dir {pgdata}"
-            port = free_port()
-            base_url = f"http://{HOST}:{port}"
-            print(f"starting the server on {base_url} ({database}) ...", flush=True)
-            server = start_server(port, env, log_path)
-            ready_s = wait_ready(server, base_url)
-            if not configured_url:
-                database_url = embedded_url(pgdata)
+        with meterline_server(env, work_dir, name="webhooks server") as server:
             figures = asyncio.run(
-                run_benchmark(
-                    args, double, base_url, database_url, server.pid, secret, metrics_token
-                )
+                run_benchmark(args, double, database_url, server, secret, metrics_token)
             )
-            exit_status = stop_server(server)
-        except BaseException:
-            print(
-                f"\nbenchmark failed; the server's log ends with:\n{log_tail(log_path)}\n",
-                file=sys.stderr,
-            )
-            raise
-        finally:
-            if server is not None:
-                stop_server(server)
-            if not configured_url:
-                stop_embedded(pgdata)
-            if configured_url and bench_db:
-                try:
-                    asyncio.run(drop_database(configured_url, bench_db))
-                except Exception as exc:
-                    print(f"warning: could not drop database {bench_db}: {exc}", file=sys.stderr)
-            error_lines = count_error_lines(log_path)
-            shutil.rmtree(work_dir, ignore_errors=True)
     report: dict[str, Any] = {
         "benchmark": "webhooks",
         "started_at": started_at.isoformat(timespec="seconds"),
-        "command": command_line(argv, configured_url),
+        "command": command_line("bench.webhooks", argv),
         "machine": machine,
-        "database": database,
+        "database": postgres.description,
         "concurrency": args.concurrency,
         "deliveries": args.deliveries,
         "duplicates": args.duplicates,
@@ -819,16 +739,28 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": args.seconds,
         "warmup": args.warmup,
         "delay_ms": args.delay_ms,
-        "server_pool": f"{env.get('DB_POOL_MIN_SIZE', '1')}..{env.get('DB_POOL_MAX_SIZE', '20')}",
-        "server_ready_s": round(ready_s, 2),
-        "server_exit_status": exit_status,
-        "server_error_log_lines": error_lines,
+        "server_pool": server_pool_size(),
+        "server_ready_s": round(server.ready_s, 2),
+        "server_exit_status": server.exit_status,
+        "server_error_log_lines": server.error_log_lines,
         **figures,
         "total_s": round(time.monotonic() - began, 1),
     }
+    return report
+
+
+def ok(report: dict[str, Any]) -> bool:
+    return bool(report["check"]["ok"]) and report["answered"] > 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    with work_directory("meterline-bench-webhooks-") as work_dir, postgres_server(work_dir) as pg:
+        report = run(args, argv, pg, work_dir)
     print_report(report)
-    write_results(report)
-    if not report["check"]["ok"] or report["answered"] == 0:
+    write_section("webhooks", report)
+    if not ok(report):
         sys.exit(1)
 
 
