@@ -1,7 +1,7 @@
 """SQL of the usage tables: usage_events, idempotency_keys and usage_rollups.
 
-They are written together, in the one transaction of a recording (see services/usage.py), so
-the rollup is always exactly the sum of the events.
+They are written together, in the one statement of a recording or the one transaction of a
+batch (see services/usage.py), so the rollup is always exactly the sum of the events.
 """
 
 from __future__ import annotations
@@ -59,32 +59,6 @@ def _event(row: asyncpg.Record) -> StoredEvent:
     )
 
 
-# The three statements of a recording, named so that bench/ can run the very same transaction
-# on raw asyncpg as its baseline.
-INSERT_EVENT_SQL = (
-    "INSERT INTO usage_events (id, company_id, event_type, quantity, occurred_at, month, "
-    "idempotency_key, metadata, sync_state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
-    f"RETURNING {_EVENT_COLUMNS}"
-)
-
-
-async def insert_event(event: NewEvent) -> StoredEvent:
-    row = await sql.fetchrow(
-        INSERT_EVENT_SQL,
-        event.id,
-        event.company_id,
-        event.event_type.value,
-        event.quantity,
-        event.occurred_at,
-        event.month,
-        event.idempotency_key,
-        json.dumps(event.metadata) if event.metadata is not None else None,
-        event.sync_state,
-    )
-    assert row is not None
-    return _event(row)
-
-
 async def insert_events(events: Sequence[NewEvent]) -> list[StoredEvent]:
     """A batch's events, by COPY. Call inside the batch's transaction."""
     recorded_at = await transaction_time()
@@ -127,34 +101,6 @@ class KeyRecord:
     occurred_at_given: datetime | None
 
 
-CLAIM_KEY_SQL = (
-    "INSERT INTO idempotency_keys (company_id, key, event_id, fingerprint, occurred_at_given) "
-    "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (company_id, key) DO NOTHING RETURNING event_id"
-)
-
-
-async def claim_idempotency_key(
-    company_id: uuid.UUID,
-    key: str,
-    event_id: uuid.UUID,
-    *,
-    fingerprint: str,
-    occurred_at_given: datetime | None,
-) -> bool:
-    """True when the key is ours now. False when another event holds it: if that event's
-    transaction is still open, this waits for it to end (unique index), so a concurrent
-    retry never records a second event."""
-    row = await sql.fetchrow(
-        CLAIM_KEY_SQL,
-        company_id,
-        key,
-        event_id,
-        fingerprint,
-        occurred_at_given,
-    )
-    return row is not None
-
-
 @dataclass(frozen=True)
 class KeyClaim:
     key: str
@@ -164,7 +110,7 @@ class KeyClaim:
 
 
 async def claim_idempotency_keys(company_id: uuid.UUID, claims: Sequence[KeyClaim]) -> int:
-    """A batch's `claim_idempotency_key`: returns how many keys are ours now; fewer than asked
+    """A batch's keys: returns how many are ours now; fewer than asked
     means another request holds some, and the caller must roll back. Keys are taken in sorted
     order, so two batches sharing keys wait for each other instead of deadlocking."""
     ordered = sorted(claims, key=lambda c: c.key)
@@ -290,16 +236,6 @@ SELECT event.*, added.used, added.tier, added.included, added.unit_price, added.
 FROM added, event
 """
 
-# TEMPORARY (bench/baseline.py still runs the three-statement form): removed with that switch.
-ADD_TO_ROLLUP_SQL = f"""
-WITH {
-    _ROLLUP_UPSERT.format(
-        wanted="SELECT $2::date AS month, $3::text AS event_type, $4::bigint AS quantity"
-    )
-}
-SELECT used, tier, included, unit_price, cap FROM added
-"""
-
 # A batch's rollups: $2, $3 and $4 are arrays, one element per (month, event type).
 ADD_TO_ROLLUPS_SQL = f"""
 WITH {
@@ -348,7 +284,7 @@ async def record_event(
 async def add_to_rollups(
     company_id: uuid.UUID, totals: Mapping[tuple[date, EventType], int]
 ) -> dict[tuple[date, EventType], Rollup]:
-    """A batch's `add_to_rollup`: each (month, event type) total in one statement. Returns the
+    """A batch's rollups: each (month, event type) total in one statement. Returns the
     rollups it added to; a group missing from the answer would have passed its month's cap,
     and the caller must roll the whole transaction back."""
     groups = sorted(totals.items(), key=lambda item: (item[0][0], item[0][1].value))
