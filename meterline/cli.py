@@ -6,16 +6,21 @@ import argparse
 import asyncio
 import os
 import secrets
+import signal
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from meterline.billing.catalog import Tier
 from meterline.config import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from litestar import Litestar
 
 
 def _settings() -> Settings:
@@ -121,9 +126,32 @@ def cmd_serve(args: argparse.Namespace) -> None:
             print(f"export TOKEN={token}\n")
             print(f'curl -s {base}/graphql -H "Authorization: Bearer $TOKEN" \\')
             print(f"  -H 'Content-Type: application/json' -d '{query}'\n")
+    workers: int = args.workers
+    if workers > 1:
+        _hand_settings_to_workers(settings)
     print(f"Meterline ({settings.env}) serving on {base}", flush=True)
+    processes = (
+        f"{workers} worker processes, each with its own" if workers > 1 else "1 process with a"
+    )
+    print(
+        f"{processes} database pool of {settings.db_pool_min_size} to "
+        f"{settings.db_pool_max_size} connections (DB_POOL_MIN_SIZE, DB_POOL_MAX_SIZE): "
+        f"up to {workers * settings.db_pool_max_size} connections to PostgreSQL in all",
+        flush=True,
+    )
+    app: Any
+    if workers == 1:
+        app = create_app(settings)
+        signal.signal(signal.SIGTERM, _exit_after_graceful_shutdown)
+    else:
+        # Each worker is a fresh interpreter (spawn) that builds its own app, and its own pool
+        # in the app's lifespan, from an import string.
+        app = "meterline.cli:app_from_env"
     uvicorn.run(
-        create_app(settings),
+        app,
+        factory=workers > 1,
+        # Always explicit: left unset, uvicorn would take WEB_CONCURRENCY from the environment.
+        workers=workers,
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -133,6 +161,50 @@ def cmd_serve(args: argparse.Namespace) -> None:
         # a kept-alive connection just as the balancer reuses it, and the request fails.
         timeout_keep_alive=75,
     )
+
+
+def _exit_after_graceful_shutdown(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM outside uvicorn's own handler: exit 0.
+
+    uvicorn catches SIGTERM while it serves, shuts down gracefully (in-flight requests, then the
+    lifespan: the pool closes), then raises the signal again under the handler that was there
+    before it started. With the default handler the process would die of that signal (status
+    143) after a clean shutdown, and skip the atexit handlers (the embedded PostgreSQL's stop).
+    """
+    raise SystemExit(0)
+
+
+def _hand_settings_to_workers(settings: Settings) -> None:
+    """Put what this process resolved into the environment the worker processes inherit.
+
+    Workers must not resolve anything again: a second embedded server, or development secrets
+    read at another moment, would make one worker refuse the tokens another accepts.
+    """
+    resolved = {
+        "DATABASE_URL": settings.database_url,  # the embedded server's, when it was unset
+        "JWT_SECRET": settings.jwt_secret,  # development defaults (with_dev_defaults)
+        "SERVICE_JWT_SECRET": settings.service_jwt_secret,
+        "HOST": settings.host,  # --host, --port
+        "PORT": str(settings.port),
+    }
+    for name, value in resolved.items():
+        if value is not None:
+            os.environ[name] = value
+    if _settings() != settings:  # something resolved here that no variable above carries
+        raise SystemExit(
+            "meterline: the worker processes would not rebuild the settings resolved here; "
+            "run with --workers 1"
+        )
+
+
+def app_from_env() -> Litestar:
+    """The app of one `serve --workers N` worker process: uvicorn imports it by name."""
+    from meterline.app import create_app
+    from meterline.log import configure_logging
+
+    os.environ.setdefault("PICCOLO_CONF", "meterline.db.piccolo_conf")
+    configure_logging()  # a spawned worker starts with no logging configured
+    return create_app(_settings())
 
 
 def cmd_token(args: argparse.Namespace) -> None:
@@ -517,6 +589,16 @@ def cmd_schema(args: argparse.Namespace) -> None:
     print(build_schema(introspection=True).as_str())
 
 
+def _worker_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"at least 1 worker process is needed, got {count}")
+    return count
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meterline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -525,6 +607,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--demo", action="store_true", help="seed the demo company if absent")
+    serve.add_argument(
+        "--workers",
+        type=_worker_count,
+        default=1,
+        metavar="N",
+        help="worker processes (default 1), each with its own database pool",
+    )
     serve.set_defaults(func=cmd_serve)
 
     commands.add_parser("migrate", help="apply migrations and seed tiers").set_defaults(
