@@ -725,6 +725,13 @@ def load_values(outcome: LoadOutcome) -> dict[str, Any]:
         "transport_errors": outcome.transport_errors,
         "first_error": outcome.first_error,
         "seconds": outcome.seconds,
+        "cpu_cores": outcome.cpu_cores,
+        # what one answered request cost each process group, in ms of CPU
+        "cpu_ms_per_request": {
+            name: round(cores * 1000 / outcome.rate, 3) if outcome.rate else None
+            for name, cores in outcome.cpu_cores.items()
+            if name != "machine"
+        },
     }
 
 

@@ -149,7 +149,7 @@ class Seeder:
                 columns=[*columns, "sync_state"],
             )
             self.events = last
-            if adding >= 10 * CHUNK:
+            if adding >= 10 * CHUNK and (last - start) // CHUNK % 4 == 0:  # every 2 million
                 rate = (last - start) / (time.monotonic() - began)
                 print(f"  {last:,} events ({rate:,.0f}/s)", flush=True)
         copied = time.monotonic()

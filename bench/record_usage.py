@@ -192,19 +192,11 @@ async def record_usage_rows(
                     **consistency_values(outcome, consistency),
                     "share_of_baseline": round(share, 4) if share is not None else None,
                     "workers": workers,
-                    "server_cpu_ms_per_request": server_cpu_ms(outcome),
                 },
                 problems=load_problems(outcome, consistency),
             )
         )
     return rows
-
-
-def server_cpu_ms(outcome: LoadOutcome) -> float | None:
-    """The server's CPU time per answered request."""
-    if not outcome.latencies or "server" not in outcome.cpu_cores:
-        return None
-    return round(outcome.cpu_cores["server"] * 1000 / outcome.rate, 3)
 
 
 # --- recordUsageBatch ------------------------------------------------------------------------
@@ -326,7 +318,6 @@ async def batch_rows(
                             "clients": r.clients,
                             "events_per_s": round(r.events_per_s, 1),
                             "calls": load_values(r.outcome),
-                            "cpu_cores": r.outcome.cpu_cores,
                             "rollups_consistent": r.consistent,
                         }
                         for r in mine

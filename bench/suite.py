@@ -399,10 +399,15 @@ def main(argv: list[str] | None = None) -> None:
     began = time.monotonic()
     started_at = datetime.now(UTC)
     machine = machine_info()
-    with work_directory("meterline-bench-") as work_dir:
-        suite = Suite(args, work_dir)
-        with postgres_server(work_dir) as postgres:
-            suite.run(postgres)
+    try:
+        with work_directory("meterline-bench-") as work_dir:
+            suite = Suite(args, work_dir)
+            with postgres_server(work_dir) as postgres:
+                suite.run(postgres)
+    except KeyboardInterrupt:
+        # Every context above has stopped its processes and dropped its database by now.
+        print("\ninterrupted: servers stopped, benchmark databases dropped", file=sys.stderr)
+        sys.exit(130)
     machine["postgres"] = suite.postgres_version or next(
         (s["postgres_version"] for s in suite.sections.values()), None
     )
