@@ -198,7 +198,7 @@ class Suite:
         name = f"server ({workers} worker{'s' if workers > 1 else ''})"
         with meterline_server(env, self.work_dir, workers, name) as server:
             yield replace(target, server=server)
-        self.servers.append(server_summary(server))
+        self.servers.append(server_summary(name, server))
 
     def run(self, postgres: PostgresServer) -> None:
         args, groups = self.args, self.args.groups
@@ -308,7 +308,15 @@ class Suite:
         print(f"running: webhooks ({shlex.join(argv)}) ...", flush=True)
         report = webhooks.run(webhooks.parse_args(argv), argv, postgres, self.work_dir)
         self.sections["webhooks"] = report
-        self.servers.append({"name": "webhooks server", "ready_s": report["server_ready_s"]})
+        self.servers.append(
+            {
+                "name": "webhooks server",
+                "workers": 1,
+                "ready_s": report["server_ready_s"],
+                "exit_status": report["server_exit_status"],
+                "error_log_lines": report["server_error_log_lines"],
+            }
+        )
         return [
             Row(
                 key="webhooks",
@@ -335,8 +343,9 @@ async def database_facts(database_url: str) -> tuple[int | None, str]:
         await connection.close()
 
 
-def server_summary(server: ServerProcess) -> dict[str, Any]:
+def server_summary(name: str, server: ServerProcess) -> dict[str, Any]:
     return {
+        "name": name,
         "workers": server.workers,
         "ready_s": round(server.ready_s, 2),
         "exit_status": server.exit_status,
@@ -385,8 +394,11 @@ def print_report(report: dict[str, Any], rows: list[Row]) -> None:
         for row, problem in problems:
             print(f"  {row.key}: {problem}")
     for server in report["servers"]:
-        if server.get("error_log_lines"):
-            print(f"\nwarning: {server} logged ERROR lines")
+        if server["error_log_lines"] or server["exit_status"]:
+            print(
+                f"\nwarning: {server['name']} logged {server['error_log_lines']} ERROR lines, "
+                f"exit status {server['exit_status']}"
+            )
     print(
         f"\nfull run: {report['total_s'] / 60:.1f} min; figures in "
         f"{RESULTS_FILE.relative_to(PROJECT_ROOT)}"

@@ -382,7 +382,7 @@ def print_report(report: dict[str, Any], series: list[Series]) -> None:
             )
         print(f"best concurrency: {report['best_concurrency']} (median events/s)")
     print(
-        f'\nfull run: {report["total_s"]:.1f} s; figures under "sync" in '
+        f'\nfull run: {report["total_s"]:.1f} s; figures under "sections.sync" in '
         f"{RESULTS_FILE.relative_to(PROJECT_ROOT)}"
     )
 

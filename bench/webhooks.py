@@ -662,7 +662,7 @@ def print_report(report: dict[str, Any]) -> None:
         f"ERROR lines in its log, exit status {report['server_exit_status']}"
     )
     print(
-        f'full run: {report["total_s"]:.1f} s; figures under "webhooks" in '
+        f'full run: {report["total_s"]:.1f} s; figures under "sections.webhooks" in '
         f"{RESULTS_FILE.relative_to(PROJECT_ROOT)}"
     )
 
