@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
 import logging
 import time
 import uuid
@@ -155,14 +156,18 @@ def _principal(claims: Mapping[str, Any], kind: Literal["user", "service"]) -> P
         except ValueError as exc:
             raise AuthenticationError("invalid company_id claim") from exc
     # jwt.decode has checked these are numbers and that the token is within them now.
-    starts = [float(claims[c]) for c in ("nbf", "iat") if claims.get(c) is not None]
+    try:
+        starts = [float(claims[c]) for c in ("nbf", "iat") if claims.get(c) is not None]
+        valid_until = float(claims["exp"])
+    except OverflowError as exc:  # an integer beyond any date
+        raise AuthenticationError("invalid time claim") from exc
     return Principal(
         user_id=sub,
         company_id=company_id,
         role=_role(claims),
         kind=kind,
         valid_from=max(starts, default=float("-inf")),
-        valid_until=float(claims["exp"]),
+        valid_until=valid_until,
     )
 
 
@@ -190,7 +195,7 @@ class TokenVerifier:
         # without a thread hop; any miss goes through PyJWKClient in a thread.
         self._jwks_keys: dict[str, tuple[RSAPublicKey, float]] = {}
         self._refresh_lock = asyncio.Lock()
-        self._verified: dict[str, Principal] = {}  # token -> principal, oldest first
+        self._verified: dict[bytes, Principal] = {}  # sha256(token) -> principal, oldest first
         self._last_refresh: float = -JWKS_MIN_REFRESH_SECONDS  # monotonic time of last fetch
         if settings.clerk_jwt_key:
             self._clerk_key = _load_clerk_pem(settings.clerk_jwt_key)
@@ -213,16 +218,18 @@ class TokenVerifier:
             logger.exception("could not pre-fetch the Clerk JWKS from %s", self._jwks.uri)
 
     async def verify(self, token: str) -> Principal:
-        known = self._verified.get(token)
+        # Remembered by digest: a token may be up to 16 KB, its digest is 32 bytes.
+        digest = hashlib.sha256(token.encode()).digest()
+        known = self._verified.get(digest)
         if known is not None:
             now = time.time()
             if known.valid_from - self._leeway <= now < known.valid_until + self._leeway:
                 return known
-            del self._verified[token]  # out of its window: verified again, which says why
+            del self._verified[digest]  # out of its window: verified again, which says why
         principal = await self._verify(token)
         if len(self._verified) >= VERIFIED_TOKENS_KEPT:
             del self._verified[next(iter(self._verified))]  # the oldest
-        self._verified[token] = principal
+        self._verified[digest] = principal
         return principal
 
     async def _verify(self, token: str) -> Principal:

@@ -579,3 +579,8 @@ async def test_memory_of_verified_tokens_is_bounded(
     for token in (tokens[0], tokens[3], tokens[4]):
         await verifier.verify(token)
     assert set(calls) == {tokens[0]}  # the oldest were forgotten; the newest three kept
+
+
+async def test_a_time_claim_beyond_any_date_is_refused_not_a_crash(keys: Keys) -> None:
+    verifier = TokenVerifier(settings(keys))
+    await refused(verifier, rs256(keys.private, claims(exp=10**400)), "invalid time claim")

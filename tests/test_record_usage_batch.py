@@ -8,11 +8,15 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 
-from meterline.billing.catalog import Tier
+from meterline.billing.catalog import EventType, Tier
 from meterline.billing.dunning import Dunning
+from meterline.billing.periods import month_of
 from meterline.db import companies, sql
+from meterline.db.usage import RECORD_EVENT_SQL
+from meterline.services.usage import _fingerprint
 from tests.conftest import Api, rollup_matches_events
 
 BATCH = """mutation($events: [RecordUsageInput!]!) { recordUsageBatch(events: $events) {
@@ -384,3 +388,72 @@ async def test_many_companies_batching_at_once_keep_their_rollups_exact(api: Api
     for tenant in tenants:
         assert await stored(tenant.company_id) == (300, expected)
         assert await rollup_matches_events(tenant.company_id)
+
+
+async def lock_waiters(connection: asyncpg.Connection, count: int) -> None:
+    """Until `count` backends of this database wait on a lock (or fail after 10 s)."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while (
+        await connection.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        < count
+    ):
+        assert asyncio.get_running_loop().time() < deadline, f"fewer than {count} lock waits"
+        await asyncio.sleep(0.005)  # polling a real condition, not standing in for one
+
+
+async def test_keys_stored_by_others_while_a_batch_waits_never_fail_it(
+    api: Api, database_url: str
+) -> None:
+    """Recordings of the batch's own keys commit one after another while the batch queues on
+    their rollup: each time the batch finds one more key taken and runs again, as often as it
+    takes, and then answers those events as duplicates."""
+    await paid(api)
+    keys = [f"raced-{n}" for n in range(6)]
+    watcher = await asyncpg.connect(database_url)
+    holders: list[asyncpg.Connection] = []
+
+    async def holding(key: str) -> asyncpg.Connection:
+        """A recordUsage of `key` whose transaction stays open (it holds the rollup row)."""
+        connection = await asyncpg.connect(database_url)
+        holders.append(connection)
+        await connection.execute("BEGIN")
+        now = api.clock()
+        await connection.fetchrow(
+            RECORD_EVENT_SQL,
+            api.company_id,
+            month_of(now),
+            EventType.GUEST_INVITATION.value,
+            1,
+            uuid.uuid4(),
+            now,
+            key,
+            None,
+            "local_only",
+            _fingerprint(EventType.GUEST_INVITATION, 1, None),
+            None,
+        )
+        return connection
+
+    try:
+        holder = await holding(keys[0])
+        sent = asyncio.ensure_future(send(api, [invitation(k) for k in keys] + [invitation("new")]))
+        await lock_waiters(watcher, 1)  # the batch queues on the rollup
+        for key in keys[1:]:
+            next_holder = asyncio.ensure_future(holding(key))
+            await lock_waiters(watcher, 2)
+            await holder.execute("COMMIT")  # the batch (or the next holder) gets the row
+            holder = await next_holder
+            await lock_waiters(watcher, 1)  # the batch queues again
+        await holder.execute("COMMIT")
+        body = await sent
+    finally:
+        for connection in [watcher, *holders]:
+            await connection.close()
+    assert "errors" not in body, body
+    result = body["data"]["recordUsageBatch"]
+    assert [i["duplicate"] for i in result["items"]] == [True] * len(keys) + [False]
+    assert await stored(api.company_id) == (len(keys) + 1, len(keys) + 1)
+    assert await rollup_matches_events(api.company_id)

@@ -8,6 +8,7 @@ without a transaction.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -18,7 +19,16 @@ from asyncpg.pool import PoolConnectionProxy
 
 from meterline.db.engine import DB
 
-_pinned: ContextVar[PoolConnectionProxy | None] = ContextVar("pinned_connection", default=None)
+# The pinned connection and the task that pinned it: a task started inside inherits the
+# context, but must not use the connection at the same time (asyncpg runs one at a time).
+_pinned: ContextVar[tuple[asyncio.Task[Any], PoolConnectionProxy] | None] = ContextVar(
+    "pinned_connection", default=None
+)
+
+
+def _pinned_here() -> PoolConnectionProxy | None:
+    pinned = _pinned.get()
+    return pinned[1] if pinned is not None and pinned[0] is asyncio.current_task() else None
 
 
 @asynccontextmanager
@@ -26,13 +36,15 @@ async def pinned() -> AsyncIterator[None]:
     """The statements run inside use one pooled connection, each in its own implicit
     transaction. A pool release costs a round trip (asyncpg resets the connection), so a hot
     path of several statements takes the connection once. Run its statements one after the
-    other (asyncpg runs one at a time) and open no transaction inside: that would hold a
-    second connection."""
-    if _pinned.get() is not None or DB.current_transaction.get() is not None or DB.pool is None:
+    other (tasks started inside use the pool) and open no transaction inside: that would hold
+    a second connection."""
+    task = asyncio.current_task()
+    if _pinned_here() is not None or DB.current_transaction.get() is not None or DB.pool is None:
         yield
         return
+    assert task is not None
     async with DB.pool.acquire() as connection:
-        token = _pinned.set(connection)
+        token = _pinned.set((task, connection))
         try:
             yield
         finally:
@@ -44,7 +56,7 @@ async def _connection() -> AsyncIterator[asyncpg.Connection | PoolConnectionProx
     transaction = DB.current_transaction.get()
     if transaction is not None:
         yield transaction.connection
-    elif (connection := _pinned.get()) is not None:
+    elif (connection := _pinned_here()) is not None:
         yield connection
     elif DB.pool is not None:
         async with DB.pool.acquire() as connection:

@@ -37,9 +37,6 @@ CLOCK_SKEW = timedelta(seconds=5)
 MAX_HISTORY_MONTHS = 24
 MAX_PAGE_SIZE = 100
 MAX_BATCH_EVENTS = 1_000
-# A batch whose keys a concurrent request took between our look-up and our claim is run again
-# (its look-up then finds them); this bounds how often.
-BATCH_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -429,7 +426,10 @@ async def record_usage_batch(
 ) -> BatchOutcome:
     checked = _check_batch(requests)
     keys = sorted({r.idempotency_key for r in requests if r.idempotency_key is not None})
-    for _ in range(BATCH_ATTEMPTS):
+    # An attempt is run again only when a concurrent request stored one of the batch's keys
+    # after the look-up (the claim waits for an open holder, so it has committed): the next
+    # look-up finds one more key each time, which bounds the attempts by the keys.
+    for _ in range(len(keys) + 1):
         # As for one event, retries are answered before anything else is checked.
         replayed = _replayed(checked, await usage.find_idempotency_keys(company_id, keys))
         fresh = [i for i in checked if i.first == i.index and i.index not in replayed]
@@ -475,9 +475,7 @@ async def record_usage_batch(
                 continue
             return await _limit_exceeded(company, refused.month, refused.event_type, refused.total)
         return _batch_answer(checked, replayed, written)
-    raise IdempotencyKeyReused(
-        "idempotency keys of this batch are in use by another request; retry"
-    )
+    raise AssertionError("a batch's attempt failed without another of its keys stored")
 
 
 class _GroupCapReached(Exception):
