@@ -114,6 +114,11 @@ def command_line(module: str, argv: list[str]) -> str:
     return prefix + shlex.join(["python", "-m", module, *argv])
 
 
+def count(n: int, noun: str) -> str:
+    """ "1 client", "8 clients"."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -310,7 +315,7 @@ def meterline_server(
             start_new_session=True,
         )
     server = ServerProcess(process, port, log_path, workers)
-    print(f"starting {name} on {server.base_url} ({workers} worker(s)) ...", flush=True)
+    print(f"starting {name} on {server.base_url} ...", flush=True)
     try:
         server.ready_s = wait_ready(process, server.base_url)
         server.processes()

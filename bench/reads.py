@@ -40,6 +40,7 @@ from bench.harness import (
     LoadShape,
     Row,
     Target,
+    count,
     load_problems,
     load_values,
     percentile,
@@ -276,7 +277,7 @@ async def measure(
             for n, c in enumerate(companies)
         ]
         for n in clients:
-            print(f"running: {name}, {n} client(s), {events:,} events ...", flush=True)
+            print(f"running: {name}, {count(n, 'client')}, {events:,} events ...", flush=True)
             drivers = http_drivers(HOST, target.server.port, requests, n, 1, secrets.token_hex(4))
             outcome = await run_load(drivers, shape.warmup_s, shape.seconds, target.cpu_sources())
             runs.append(ReadRun(name, events, n, outcome))
@@ -349,7 +350,8 @@ async def read_rows(
         rows.append(
             Row(
                 key=f"reads.{run.query}.{size_text(run.events)}.c{run.clients}",
-                figure=f"{run.query}, {run.clients} client(s), {size_text(run.events)} events",
+                figure=f"{run.query}, {count(run.clients, 'client')}, "
+                f"{size_text(run.events)} events",
                 result=result,
                 target=target_text,
                 met=met,

@@ -28,6 +28,7 @@ from bench.harness import (
     LoadShape,
     Row,
     Target,
+    count,
     insert_companies,
     load_problems,
     load_values,
@@ -122,8 +123,8 @@ def consistency_values(outcome: LoadOutcome, consistency: Any) -> dict[str, Any]
 
 async def baseline_rows(target: Target, shape: LoadShape, companies: int) -> list[Row]:
     rows = []
-    for key, spread, count in scenarios(companies):
-        ids = await new_companies(target, count)
+    for key, spread, how_many in scenarios(companies):
+        ids = await new_companies(target, how_many)
         print(f"running: baseline, {shape.connections} clients {spread} ...", flush=True)
         drivers = baseline.drivers(target.database_url, ids, shape.connections, shape.processes)
         outcome, consistency = await measure_recording(target, drivers, ids, QUANTITY, shape)
@@ -153,10 +154,11 @@ async def record_usage_rows(
     """`baseline_rates`: events/s of the baseline by scenario key ("spread", "one")."""
     assert target.server is not None
     rows = []
-    for key, spread, count in scenarios(companies):
-        ids = await new_companies(target, count)
+    for key, spread, how_many in scenarios(companies):
+        ids = await new_companies(target, how_many)
         print(
-            f"running: recordUsage, {shape.connections} clients {spread}, {workers} worker(s) ...",
+            f"running: recordUsage, {shape.connections} clients {spread}, "
+            f"{count(workers, 'worker')} ...",
             flush=True,
         )
         drivers = http_drivers(
@@ -262,7 +264,7 @@ async def batch_rows(
             ids = await new_companies(target, companies)
             items = selection == BATCH_ITEMS
             print(
-                f"running: recordUsageBatch x {size}, {n} client(s)"
+                f"running: recordUsageBatch x {size}, {count(n, 'client')}"
                 + (", with items" if items else "")
                 + " ...",
                 flush=True,
@@ -301,7 +303,7 @@ async def batch_rows(
                 figure=f"recordUsageBatch, {size:,} events a call"
                 + (", answering items { index duplicate }" if items else ", counts only")
                 + f", best of {'/'.join(str(r.clients) for r in mine)} clients",
-                result=f"{best.events_per_s:,.0f} events/s with {best.clients} client(s), "
+                result=f"{best.events_per_s:,.0f} events/s with {count(best.clients, 'client')}, "
                 f"p50 {percentile(best.outcome.latencies, 0.5) or 0:.0f} ms, "
                 f"p99 {percentile(best.outcome.latencies, 0.99) or 0:.0f} ms "
                 f"(clients: events/s = {every})",
@@ -327,3 +329,12 @@ async def batch_rows(
             )
         )
     return rows
+
+
+if __name__ == "__main__":
+    # The command this module used to be; the suite's options are a superset of its old ones.
+    import sys
+
+    from bench.suite import main
+
+    main(["--only", "baseline,record_usage", *sys.argv[1:]])
