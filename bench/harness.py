@@ -448,13 +448,26 @@ async def local_postmaster(connection: asyncpg.Connection) -> int | None:
     return postmaster_of(int(await connection.fetchval("SELECT pg_backend_pid()")))
 
 
+def _cpu_by_pid(processes: list[psutil.Process]) -> dict[int, float]:
+    """CPU seconds of the processes still alive. One that ended between listing and reading
+    is left out: counted as 0 it would subtract its whole past (an autovacuum worker's, say)."""
+    seconds = {}
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        seconds[process.pid] = float(times.user + times.system)
+    return seconds
+
+
 def processes_source(processes: Callable[[], list[psutil.Process]]) -> CpuSource:
-    return lambda: {p.pid: cpu_seconds(p) for p in processes()}
+    return lambda: _cpu_by_pid(processes())
 
 
 def pids_source(pids: list[int]) -> CpuSource:
     handles = [psutil.Process(pid) for pid in pids]
-    return lambda: {p.pid: cpu_seconds(p) for p in handles}
+    return lambda: _cpu_by_pid(handles)
 
 
 def postgres_source(postmaster_pid: int | None) -> CpuSource:
@@ -494,9 +507,13 @@ class CpuProbe:
         before: tuple[float, dict[str, dict[int, float]]],
         after: tuple[float, dict[str, dict[int, float]]],
     ) -> dict[str, float]:
-        """CPU seconds of each group between two snapshots."""
+        """CPU seconds of each group between two snapshots (a pid reused by a new process
+        would go backwards: it counts from zero instead)."""
         return {
-            name: sum(s - before[1][name].get(key, 0.0) for key, s in values.items())
+            name: sum(
+                s - before[1][name].get(key, 0.0) if s >= before[1][name].get(key, 0.0) else s
+                for key, s in values.items()
+            )
             for name, values in after[1].items()
         }
 
