@@ -18,6 +18,7 @@ This module imports nothing heavy: a spawned worker starts fast.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import signal
 import time
@@ -310,10 +311,13 @@ async def _child_main(driver: Driver, pipe: Connection) -> None:
         await driver.prepare()
         pipe.send(("ready", None))
         window: Window = pipe.recv()  # blocking: nothing else runs in this process meanwhile
-        result = await driver.run(window)
+        pipe.send(("done", await driver.run(window)))
+        # Connections stay open until the coordinator has read the CPU counters: a database
+        # backend that exits before the window's last reading would take its CPU time along.
+        with contextlib.suppress(EOFError, OSError):
+            pipe.recv()
     finally:
         await driver.close()
-    pipe.send(("done", result))
 
 
 async def _receive(pipes: list[Connection], expected: str, within_s: float) -> list[Any]:
@@ -383,11 +387,16 @@ class LoadProcesses:
         return Running(self._processes, self._pipes)
 
     async def __aexit__(self, *exc: object) -> None:
+        for pipe in self._pipes:  # "close your connections and exit"
+            with contextlib.suppress(OSError):
+                pipe.send("close")
+        deadline = time.monotonic() + 5
+        for process in self._processes:
+            await asyncio.to_thread(process.join, max(0.0, deadline - time.monotonic()))
         for process in self._processes:
             if process.is_alive():
                 process.terminate()
-        for process in self._processes:
-            process.join(5)
+                process.join(5)
             if process.is_alive():
                 process.kill()
                 process.join(5)

@@ -60,6 +60,7 @@ from bench.harness import (
     migrate,
     new_secret,
     postgres_server,
+    read_results,
     serve_supports_workers,
     server_env,
     server_pool_size,
@@ -405,6 +406,15 @@ def print_report(report: dict[str, Any], rows: list[Row]) -> None:
     )
 
 
+def other_sections() -> dict[str, Any]:
+    """Sections that tools outside the suite wrote (bench.breakdown...): kept, each with its
+    own date and command. The suite's own (sync, webhooks) are this run's or absent."""
+    sections = read_results().get("sections")
+    if not isinstance(sections, dict):
+        return {}
+    return {k: v for k, v in sections.items() if k not in GROUPS}
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -434,7 +444,7 @@ def main(argv: list[str] | None = None) -> None:
         "servers": suite.servers,
         "total_s": round(time.monotonic() - began, 1),
         "rows": [{**asdict(row), "verdict": row.verdict} for row in suite.rows],
-        "sections": suite.sections,
+        "sections": {**other_sections(), **suite.sections},
     }
     write_results(report)
     print_report(report, suite.rows)
