@@ -197,13 +197,13 @@ async def set_scheduled_tier(company_id: uuid.UUID, tier: Tier | None) -> Compan
 @asynccontextmanager
 async def changes_serialised(company_id: uuid.UUID) -> AsyncIterator[None]:
     """One subscription change of a company at a time (two admins clicking at once), across
-    its Stripe calls: a session advisory lock on a connection of its own, held without any
-    transaction open (the calls may take seconds)."""
-    assert DB.pool is not None
+    its Stripe calls: a session advisory lock held without any transaction open (the calls may
+    take seconds), on a connection of its own outside the pool: closing it releases the lock
+    whatever happens, and no pooled connection ever carries one (the pool skips the reset)."""
     key = f"subscription-change:{company_id}"
-    async with DB.pool.acquire() as connection:
+    connection = await DB.get_new_connection()
+    try:
         await connection.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", key)
-        try:
-            yield
-        finally:
-            await connection.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)
+        yield
+    finally:
+        await connection.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 from piccolo.engine.postgres import PostgresEngine
 
 logger = logging.getLogger(__name__)
@@ -28,12 +29,22 @@ def configure(database_url: str, *, statement_timeout_ms: int = 0) -> None:
     DB.config = connection_config(database_url, statement_timeout_ms=statement_timeout_ms)
 
 
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """The pool's reset: nothing beyond asyncpg's own rollback of a transaction left open.
+
+    asyncpg's default runs `RESET ALL; UNLISTEN *; CLOSE ALL; pg_advisory_unlock_all()` at
+    every release: a round trip on every request's connection, for session state Meterline
+    never leaves on a pooled connection (no SET, LISTEN or cursors; session advisory locks are
+    taken on connections of their own, outside the pool).
+    """
+
+
 async def open_pool(
     database_url: str, *, min_size: int, max_size: int, statement_timeout_ms: int = 0
 ) -> None:
     configure(database_url, statement_timeout_ms=statement_timeout_ms)
     if DB.pool is None:
-        await DB.start_connection_pool(min_size=min_size, max_size=max_size)
+        await DB.start_connection_pool(min_size=min_size, max_size=max_size, reset=_keep_session)
 
 
 async def close_pool() -> None:
