@@ -28,6 +28,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.suite
+	$(BIN)/python -m bench.breakdown
 
 schema: $(STAMP)
 	$(BIN)/meterline schema > schema.graphql
