@@ -18,6 +18,7 @@ from meterline.db import companies, sql
 from meterline.db.usage import RECORD_EVENT_SQL
 from meterline.services.usage import _fingerprint
 from tests.conftest import Api, rollup_matches_events
+from tests.test_record_usage import error_code
 
 BATCH = """mutation($events: [RecordUsageInput!]!) { recordUsageBatch(events: $events) {
   __typename
@@ -50,12 +51,6 @@ async def batch(api: Api, events: list[dict[str, Any]], role: str = "service") -
     assert "errors" not in body, body
     result: dict[str, Any] = body["data"]["recordUsageBatch"]
     return result
-
-
-def error_code(body: dict[str, Any]) -> str:
-    assert body.get("errors"), body
-    code: str = body["errors"][0]["extensions"]["code"]
-    return code
 
 
 async def stored(company_id: uuid.UUID) -> tuple[int, int]:
