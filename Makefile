@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test run lint bench schema clean
+.PHONY: install test test-at run lint bench schema clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+# The suite with the wall clock of every process moved: make test-at AT="2027-12-31 23:59:30"
+test-at: $(STAMP)
+	tools/test-at "$(AT)"
 
 run: $(STAMP)
 	METERLINE_ENV=$${METERLINE_ENV:-development} $(BIN)/meterline serve --demo
