@@ -37,11 +37,15 @@ from meterline.auth import (
 from meterline.config import Settings
 from meterline.db import engine
 from meterline.db.embedded import resolve_database_url
+from meterline.db.sql import is_database_busy
 from meterline.jobs import telemetry
-from meterline.jobs.cron import sync_route
+from meterline.jobs.cron import prune_route, sync_route
 from meterline.log import request_id_var
+from meterline.metrics import DATABASE_BUSY
 from meterline.schema import build_schema
 from meterline.schema.context import Context
+from meterline.schema.errors import BUSY_MESSAGE
+from meterline.services.errors import DatabaseBusy
 from meterline.stripe_gateway.client import SharedClient
 from meterline.webhooks.routes import webhook_routes
 
@@ -232,6 +236,14 @@ def create_app(
                 status_code=exc.status_code,
                 headers=exc.headers,
             )
+        if is_database_busy(exc):
+            DATABASE_BUSY.labels("http").inc()
+            logger.warning("database busy on %s: %s", request.url.path, exc)
+            return Response(
+                {"status_code": 503, "detail": BUSY_MESSAGE, "code": DatabaseBusy.code},
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )
         logger.error("unhandled error on %s", request.url.path, exc_info=exc)
         return Response({"status_code": 500, "detail": "Internal server error"}, status_code=500)
 
@@ -242,6 +254,7 @@ def create_app(
             readyz,
             MetricsController,
             sync_route(settings, clock),
+            prune_route(settings, clock),
             *webhook_routes(settings, stripe_client, clock),
         ],
         middleware=[request_id_middleware, prometheus.middleware],
@@ -249,6 +262,9 @@ def create_app(
         state=State({"stripe_client": stripe_client}),
         exception_handlers={Exception: log_unhandled},
         request_max_body_size=MAX_BODY_BYTES,
+        # Litestar's OpenAPI pages (/schema...) would list every route to anyone, and describe
+        # nothing the contract promises: the API is GraphQL (schema.graphql).
+        openapi_config=None,
         logging_config=None,  # JSON logging is configured by the process (log.py)
         debug=False,
     )

@@ -37,6 +37,66 @@ def _company_id(text: str) -> uuid.UUID:
         raise SystemExit(f"meterline: {text!r} is not a company UUID") from exc
 
 
+Clock = Callable[[], datetime]
+
+
+def _real_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+def _moment(text: str) -> datetime:
+    """`--as-of`: an ISO 8601 moment with its offset (`2026-12-01T00:00:00Z`), kept in UTC."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 moment") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no offset: say which moment it is, e.g. {text}Z or {text}+00:00"
+        )
+    return moment.astimezone(UTC)
+
+
+def _clock_use(args: argparse.Namespace) -> str:
+    """What a command does with the time: "none" (it never reads the clock, or must read the
+    machine's: the server, tokens), "read" (shows state as of a moment) or "write" (records it)."""
+    command, action = args.command, getattr(args, "action", None)
+    if command in ("serve", "token", "migrate", "schema", "setup-stripe"):
+        return "none"
+    reads = {
+        "company": action in ("list", "show", "drift"),
+        "sync-usage": bool(getattr(args, "status", False)),
+        "webhooks": action == "list",
+        "stripe": action == "flags" and not getattr(args, "resolve", None),
+    }
+    return "read" if reads.get(command, False) else "write"
+
+
+def _command_clock(args: argparse.Namespace) -> Clock:
+    """The clock every rule of the command reads: the machine's, or `--as-of`'s moment.
+
+    `--as-of` is the one way to run a command at another moment than now (tests that fix the
+    app's clock run their commands on it). A command that writes records that moment as "now"
+    (a dunning clearance, a lease, a flag's resolution), so production refuses it there; a
+    read-only command may look at any moment."""
+    as_of: datetime | None = args.as_of
+    if as_of is None:
+        return _real_clock
+    name = " ".join(str(p) for p in (args.command, getattr(args, "action", None)) if p)
+    use = _clock_use(args)
+    if use == "none":
+        raise SystemExit(
+            f"meterline: --as-of does not apply to `{name}`: it runs on the machine's clock"
+        )
+    if use == "write" and not _settings().is_development:
+        raise SystemExit(
+            f"meterline: --as-of is refused in production for `{name}`, which writes: it would "
+            "record that moment as now. Read-only commands (company list|show|drift, "
+            "sync-usage --status, webhooks list, stripe flags) accept it."
+        )
+    return lambda: as_of
+
+
 def _dev_secret(settings: Settings, name: str) -> str:
     """A development secret kept under .meterline/, so tokens survive a restart of `make run`."""
     path = Path(settings.embedded_data_dir).parent / name
@@ -71,21 +131,21 @@ async def _with_database(settings: Settings, work: Callable[[], Awaitable[Any]])
         await engine.close_pool()
 
 
-def _migrate_only(settings: Settings) -> None:
+def _migrate_only(settings: Settings) -> str:
+    """Migrate the database; what was done, in words."""
     from meterline.db import engine
     from meterline.db.embedded import resolve_database_url
     from meterline.db.migrate import migrate
 
     engine.configure(resolve_database_url(settings.database_url, settings.embedded_data_dir))
-    asyncio.run(migrate())
+    return asyncio.run(migrate()).describe()
 
 
 # --- commands -------------------------------------------------------------------------------
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
-    _migrate_only(_settings())
-    print("migrated")
+    print(_migrate_only(_settings()))
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -106,7 +166,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         from meterline.db.embedded import start_embedded
 
         settings = replace(settings, database_url=start_embedded(settings.embedded_data_dir))
-    _migrate_only(settings)
+    print(_migrate_only(settings), flush=True)
     base = f"http://{settings.host}:{settings.port}"
     if args.demo and not settings.is_development:
         print("--demo is ignored in production: no demo data in a real database.")
@@ -245,15 +305,15 @@ def cmd_company(args: argparse.Namespace) -> None:
     async def work() -> None:
         if args.action == "list":
             for listed in await companies.list_all(limit=args.limit):
-                print(_describe(listed))
+                print(_describe(listed, args.clock()))
             return
         if args.action == "drift":
-            await _drift(settings)
+            await _drift(settings, args.clock())
             return
         company_id = _company_id(args.company)
         company: Company | None
         if args.action == "create":
-            company = await companies.get_or_create(company_id)
+            company = await companies.get_or_create(company_id, now=args.clock())
         elif args.action == "show":
             company = await companies.get(company_id)
         elif args.action == "set-tier":
@@ -268,12 +328,12 @@ def cmd_company(args: argparse.Namespace) -> None:
             except companies.CustomerTaken as exc:
                 raise SystemExit(f"meterline: {exc}") from exc
         elif args.action == "clear-dunning":
-            company = await clear_dunning(company_id, now=datetime.now(UTC))
+            company = await clear_dunning(company_id, now=args.clock())
         else:  # pragma: no cover - argparse restricts choices
             raise SystemExit(f"unknown action {args.action}")
         if company is None:
             raise SystemExit(f"meterline: no company {company_id}")
-        print(_describe(company))
+        print(_describe(company, args.clock()))
         if args.action == "show":
             for flag in await flags.open_flags(company_id):
                 print(
@@ -284,8 +344,8 @@ def cmd_company(args: argparse.Namespace) -> None:
     asyncio.run(_with_database(settings, work))
 
 
-def _describe(company: Any) -> str:
-    status = company.dunning.status(datetime.now(UTC)).value
+def _describe(company: Any, now: datetime) -> str:
+    status = company.dunning.status(now).value
     return (
         f"{company.id}  tier={company.tier.value}  status={status}  "
         f"customer={company.stripe_customer_id or '-'}  "
@@ -300,7 +360,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     settings = _settings()
     _migrate_only(settings)
-    now = datetime.now(UTC)
+    now = args.clock()
     seeded = asyncio.run(
         _with_database(
             settings, lambda: seed_demo(now, late_grace_hours=settings.late_usage_grace_hours)
@@ -322,8 +382,10 @@ def cmd_sync_usage(args: argparse.Namespace) -> None:
     configure_logging()
     settings = _settings()
 
+    only = [_company_id(args.company)] if args.company else None
+
     async def work() -> None:
-        now = datetime.now(UTC)
+        now = args.clock()
         if args.resolve:
             if args.delivered == args.not_delivered:
                 raise SystemExit("meterline: say --delivered or --not-delivered")
@@ -344,7 +406,9 @@ def cmd_sync_usage(args: argparse.Namespace) -> None:
             print(f"{count} events of batch {args.redrive} are pending again (a new batch)")
             return
         if args.status:
-            status = await batches.status(current_month=month_of(now), problem_limit=50)
+            status = await batches.status(
+                current_month=month_of(now), problem_limit=50, company_ids=only
+            )
             print("batches:", json.dumps(status.batches_by_state, sort_keys=True))
             oldest = status.oldest_pending
             print(
@@ -380,18 +444,19 @@ def cmd_sync_usage(args: argparse.Namespace) -> None:
             raise SystemExit(f"meterline: {exc}") from exc
         budget = timedelta(seconds=args.budget or settings.sync_budget_seconds)
         try:
-            report = await SyncJob(client=client, budget=budget).run()
+            job = SyncJob(client=client, clock=args.clock, budget=budget, company_ids=only)
+            report = await job.run()
         finally:
             await close_client(client)
-        await publish(
-            report, now=datetime.now(UTC), late_grace_hours=settings.late_usage_grace_hours
-        )
+        await publish(report, now=args.clock(), late_grace_hours=settings.late_usage_grace_hours)
         print(json.dumps(report.as_dict()))
 
     asyncio.run(_with_database(settings, work))
 
 
 def cmd_webhooks(args: argparse.Namespace) -> None:
+    import json
+
     from meterline.db import webhook_events
     from meterline.log import configure_logging
     from meterline.services.webhooks import EventNotStored, WebhookProcessor
@@ -402,6 +467,16 @@ def cmd_webhooks(args: argparse.Namespace) -> None:
     settings = _settings()
 
     async def work() -> None:
+        if args.action == "prune":
+            from meterline.jobs.prune import prune_webhook_events
+
+            report = await prune_webhook_events(
+                now=args.clock(),
+                retention_days=settings.webhook_event_retention_days,
+                budget=timedelta(hours=1),
+            )
+            print(json.dumps(report.as_dict()))
+            return
         if args.action == "list":
             status = "failed" if args.failed else None
             for event in await webhook_events.recent(args.limit, status):
@@ -421,8 +496,8 @@ def cmd_webhooks(args: argparse.Namespace) -> None:
             reader = reader or StripeReader(stripe_client.get())
             return reader
 
-        processor = WebhookProcessor(reader=get_reader, clock=lambda: datetime.now(UTC))
-        stuck_before = datetime.now(UTC) - timedelta(minutes=5)
+        processor = WebhookProcessor(reader=get_reader, clock=args.clock)
+        stuck_before = args.clock() - timedelta(minutes=5)
         ids = (
             [args.event]
             if args.event
@@ -464,9 +539,7 @@ def cmd_stripe(args: argparse.Namespace) -> None:
         stripe_client = SharedClient(settings)
         try:
             reader = StripeReader(stripe_client.get())
-            report = await backfill(
-                reader, clock=lambda: datetime.now(UTC), progress=lambda line: print(line)
-            )
+            report = await backfill(reader, clock=args.clock, progress=lambda line: print(line))
         except (StripeNotConfigured, StripeReadFailed) as exc:
             raise SystemExit(f"meterline: {exc}") from exc
         finally:
@@ -479,10 +552,10 @@ def cmd_stripe(args: argparse.Namespace) -> None:
     asyncio.run(_with_database(settings, work))
 
 
-async def _drift(settings: Settings) -> None:
+async def _drift(settings: Settings, now: datetime) -> None:
     from meterline.services.drift import drift_report
 
-    report = await drift_report(settings, datetime.now(UTC))
+    report = await drift_report(settings, now)
     if not report:
         print("no plan changed in Stripe in the middle of a month")
     for drift in report:
@@ -511,7 +584,7 @@ async def _flags(args: argparse.Namespace) -> None:
             flag_id = uuid.UUID(args.resolve)
         except ValueError as exc:
             raise SystemExit(f"meterline: {args.resolve!r} is not a flag id") from exc
-        if not await flags.resolve_by_id(flag_id, now=datetime.now(UTC)):
+        if not await flags.resolve_by_id(flag_id, now=args.clock()):
             raise SystemExit(f"meterline: no open flag {flag_id}")
         print(f"flag {flag_id} resolved")
         return
@@ -601,6 +674,14 @@ def _worker_count(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meterline", description=__doc__)
+    parser.add_argument(
+        "--as-of",
+        type=_moment,
+        metavar="MOMENT",
+        help="run the command as if the clock read MOMENT (ISO 8601 with offset, e.g. "
+        "2026-12-01T00:00:00Z): any command that reads the clock in development, read-only "
+        "ones in production",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="migrate, then serve the API")
@@ -649,6 +730,9 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--status", action="store_true", help="what did not sync, and why")
     sync.add_argument("--redrive", metavar="BATCH", help="re-send a failed batch's events")
     sync.add_argument("--budget", type=int, metavar="SECONDS", help="time budget of the run")
+    sync.add_argument(
+        "--company", metavar="ID", help="only this company's usage (a run, or --status)"
+    )
     sync.add_argument("--resolve", metavar="BATCH", help="settle an unknown batch (with one of:)")
     sync.add_argument("--delivered", action="store_true", help="Stripe has it: mark it sent")
     sync.add_argument(
@@ -666,7 +750,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     setup.set_defaults(func=cmd_setup_stripe)
 
-    webhooks = commands.add_parser("webhooks", help="stored Stripe events: list, replay")
+    webhooks = commands.add_parser("webhooks", help="stored Stripe events: list, replay, prune")
     webhook_actions = webhooks.add_subparsers(dest="action", required=True)
     listed = webhook_actions.add_parser("list", help="the latest stored events")
     listed.add_argument("--failed", action="store_true", help="only those that failed")
@@ -677,6 +761,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--failed",
         action="store_true",
         help="every event that failed (or was left half-way by a crash 5+ minutes ago)",
+    )
+    webhook_actions.add_parser(
+        "prune",
+        help="delete settled events older than WEBHOOK_EVENT_RETENTION_DAYS (never unsettled ones)",
     )
     webhooks.set_defaults(func=cmd_webhooks)
 
@@ -700,6 +788,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("PICCOLO_CONF", "meterline.db.piccolo_conf")
     args = build_parser().parse_args(argv)
+    args.clock = _command_clock(args)
     args.func(args)
 
 

@@ -10,6 +10,8 @@ from typing import Literal
 Environment = Literal["production", "development"]
 # Roles a user token may carry (or alias to). "service" belongs to service tokens only.
 USER_ROLES = ("super_admin", "company_admin", "staff")
+# Stripe lists and re-sends events of the last 30 days: a stored event must outlive that.
+MIN_WEBHOOK_EVENT_RETENTION_DAYS = 30
 
 
 class ConfigError(ValueError):
@@ -65,6 +67,9 @@ class Settings:
     # A portal configuration that allows payment methods and invoices only (no plan changes).
     stripe_portal_configuration: str | None = None
     sync_budget_seconds: int = 25  # how long one /cron/sync-usage call may work
+    # Settled Stripe events are kept this long (at least Stripe's 30 days of event history,
+    # so a re-sent event is still recognised as a duplicate), then pruned.
+    webhook_event_retention_days: int = 90
     # Operations
     metrics_token: str | None = None
     late_usage_grace_hours: int = 1
@@ -138,6 +143,9 @@ class Settings:
                 if o.strip()
             ),
             sync_budget_seconds=_int(env, "SYNC_BUDGET_SECONDS", 25, minimum=1),
+            webhook_event_retention_days=_int(
+                env, "WEBHOOK_EVENT_RETENTION_DAYS", 90, minimum=MIN_WEBHOOK_EVENT_RETENTION_DAYS
+            ),
             metrics_token=_opt(env, "METRICS_TOKEN"),
             late_usage_grace_hours=_int(env, "LATE_USAGE_GRACE_HOURS", 1),
             host=_opt(env, "HOST") or "127.0.0.1",

@@ -26,7 +26,7 @@ async def seed_demo(now: datetime, *, late_grace_hours: int) -> bool:
     """Create the demo company with this month's usage. False when it already exists."""
     if await companies.get(DEMO_COMPANY_ID) is not None:
         return False
-    await companies.get_or_create(DEMO_COMPANY_ID)
+    await companies.get_or_create(DEMO_COMPANY_ID, now=now)
     await companies.set_tier(DEMO_COMPANY_ID, Tier.STARTER)
     start = month_start(month_of(now))
     for index, (event_type, quantity) in enumerate(DEMO_USAGE):

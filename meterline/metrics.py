@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from prometheus_client import Counter
 
+DATABASE_BUSY = Counter(
+    "meterline_database_busy_total",
+    "Requests answered DATABASE_BUSY: a statement waited past DB_STATEMENT_TIMEOUT_MS (a lock "
+    "held elsewhere) or lost a deadlock",
+    ["surface"],  # graphql | http | webhook
+)
 USAGE_RECORDINGS = Counter(
     "meterline_usage_recordings_total",
     "recordUsage calls by event type and outcome",

@@ -1,4 +1,4 @@
-"""Who may do what: DESIGN's role table as data. Change it here, not in resolvers.
+"""Who may do what: the design's role table as data. Change it here, not in resolvers.
 
 An organisation whose Clerk roles have other names maps them onto these with ROLE_ALIASES,
 e.g. `owner=company_admin,viewer=staff`.

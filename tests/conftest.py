@@ -74,17 +74,36 @@ async def database_url(server_url: str) -> AsyncIterator[str]:
             await admin.close()
 
 
+_CLOCKS: list[Clock] = []  # the clocks the running test made (see fixed_clocks)
+
+
 @dataclass
 class Clock:
     """The app's clock, moved by tests. None = real time."""
 
     fixed: datetime | None = None
 
+    def __post_init__(self) -> None:
+        _CLOCKS.append(self)
+
     def __call__(self) -> datetime:
         return self.fixed or datetime.now(UTC)
 
     def set(self, moment: datetime) -> None:
         self.fixed = moment
+
+
+def fixed_clocks() -> list[Clock]:
+    """The running test's clocks that are fixed: while there is one, nothing it starts may read
+    the machine's clock instead (tests/commands.py checks the commands it runs)."""
+    return [c for c in _CLOCKS if c.fixed is not None]
+
+
+@pytest.fixture(autouse=True)
+def _forget_clocks() -> Iterator[None]:
+    _CLOCKS.clear()
+    yield
+    _CLOCKS.clear()
 
 
 def base_settings(**overrides: Any) -> Settings:

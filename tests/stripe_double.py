@@ -2237,6 +2237,14 @@ class StripeDouble:
         customer = p.text("customer", required=True)
         configuration = p.text("configuration")
         self._get("customer", customer, param="customer")
+        if configuration is not None and configuration != self._portal_configuration:
+            # Stripe: a configuration of another account, or a typo, is no such object.
+            raise StripeApiError(
+                400,
+                f"No such configuration: '{configuration}'",
+                param="configuration",
+                code="resource_missing",
+            )
         session = self._new(
             "billing_portal.session",
             {

@@ -811,6 +811,90 @@ async def test_alias_limit_boundary(api: Api) -> None:
     assert [e["message"] for e in body["errors"]] == ["31 aliases found. Allowed: 30"]
 
 
+# Every way a document can hold more than one recording field (aliases, fragments, both kinds):
+# each would be its own transaction, and 30 batch aliases would record 30,000 events.
+_EVENTS = "$e: [RecordUsageInput!]!"
+_BATCH = "recordUsageBatch(events: $e) { __typename }"
+_ONE = "recordUsage(input: {eventType: GUEST_INVITATION}) { __typename }"
+SEVERAL_RECORDINGS = {
+    "batch aliases": f"mutation({_EVENTS}) {{ a: {_BATCH} b: {_BATCH} }}",
+    "30 batch aliases": f"mutation({_EVENTS}) {{ "
+    + " ".join(f"a{i}: {_BATCH}" for i in range(30))
+    + " }",
+    "two recordUsage": f"mutation {{ a: {_ONE} b: {_ONE} }}",
+    "one of each": f"mutation({_EVENTS}) {{ {_ONE} {_BATCH} }}",
+    "fragments at the root": f"mutation({_EVENTS}) {{ ...A ...B }} "
+    f"fragment A on Mutation {{ a: {_BATCH} }} fragment B on Mutation {{ b: {_BATCH} }}",
+    "inline fragments": f"mutation({_EVENTS}) {{ ... on Mutation {{ a: {_BATCH} }} b: {_BATCH} }}",
+}
+
+
+@pytest.mark.parametrize("query", SEVERAL_RECORDINGS.values(), ids=SEVERAL_RECORDINGS.keys())
+async def test_one_request_records_through_one_field_only(api: Api, query: str) -> None:
+    company = api.new_company()
+    events = [{"eventType": "GUEST_INVITATION", "idempotencyKey": f"k{i}"} for i in range(1_000)]
+    body = await company.gql(query, {"e": events} if "$e" in query else {}, role="service")
+    assert body["data"] is None, body
+    [error] = body["errors"]
+    assert error["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+    assert error["message"].startswith("A request records through one field")
+    await assert_untouched(api, company.company_id)
+
+
+async def test_a_repeated_field_with_one_response_key_runs_once(api: Api) -> None:
+    """GraphQL merges fields that share a response key and arguments: they run once, so they
+    count once."""
+    company = api.new_company()
+    data = await company.data(f"mutation {{ a: {_ONE} a: {_ONE} }}")
+    assert data == {"a": {"__typename": "UsageRecorded"}}
+    assert (await used_by(api, company.company_id))["GUEST_INVITATION"] == 1
+
+
+async def test_a_recording_beside_other_mutations_and_queries_is_allowed(api: Api) -> None:
+    company = api.new_company()
+    data = await company.data(f"mutation {{ {_ONE} __typename }}")
+    assert data == {"recordUsage": {"__typename": "UsageRecorded"}, "__typename": "Mutation"}
+
+
+# A mistake in each place graphql-core would suggest a name: fields, arguments, input fields,
+# enum values, types; in the document and in the variables.
+SUGGESTING = {
+    "field": ("{ usageLimit { tier } }", {}),
+    "argument": ("{ usageHistory(month: 3) { month } }", {}),
+    "input field": (
+        "mutation($i: RecordUsageInput!) { recordUsage(input: $i) { __typename } }",
+        {"i": {"eventType": "SMS_SENT", "idempotencyKy": "x"}},
+    ),
+    "enum value": (
+        "mutation($i: RecordUsageInput!) { recordUsage(input: $i) { __typename } }",
+        {"i": {"eventType": "SMS_SEND"}},
+    ),
+    "type": (
+        "mutation($i: RecordUsageInputs!) { recordUsage(input: $i) { __typename } }",
+        {"i": {}},
+    ),
+}
+
+
+@pytest.mark.parametrize(("query", "variables"), SUGGESTING.values(), ids=SUGGESTING.keys())
+async def test_no_suggestions_in_production(
+    api: Api, production_api: Api, query: str, variables: dict[str, Any]
+) -> None:
+    token = service_token(uuid.uuid4())
+    development = await api.gql(query, variables, token=token)
+    assert any("Did you mean" in e["message"] for e in development["errors"]), development
+    production = await production_api.gql(query, variables, token=token)
+    assert production["errors"], production
+    assert [e["extensions"]["code"] for e in production["errors"]] == [
+        e["extensions"]["code"] for e in development["errors"]
+    ]
+    for error in production["errors"]:
+        assert "Did you mean" not in error["message"], error
+        assert error["message"]  # still says what is wrong
+    # The development answer is unchanged after production answered from the shared cache.
+    assert await api.gql(query, variables, token=token) == development
+
+
 async def test_oversized_body_refused_without_500(api: Api) -> None:
     company = api.new_company()
     variables = record_input(quantity=1)
@@ -1129,3 +1213,9 @@ async def test_role_aliases_from_settings(database_url: str) -> None:
             headers={"Authorization": f"Bearer {make_token(company, 'owner')}"},
         )
     assert response.json() == {"data": {"recordUsage": {"__typename": "UsageRecorded"}}}
+
+
+@pytest.mark.parametrize("path", ["/schema", "/schema/openapi.json", "/schema/swagger"])
+async def test_no_openapi_pages_list_the_routes(production_api: Api, path: str) -> None:
+    response = await production_api.client.get(path)
+    assert response.status_code == 404

@@ -1,6 +1,6 @@
 """Unit tests of the pure billing core: catalog, pricing, periods.
 
-Every expected value here is written out by hand from DESIGN.md ("Domain rules"), never computed
+Every expected value here is written out by hand from the design ("Domain rules"), never computed
 by calling the code under test again.
 """
 
@@ -49,7 +49,7 @@ E = EventType.EMAIL_SENT
 
 FREE, STARTER, PRO, ENT = Tier.FREE, Tier.STARTER, Tier.PROFESSIONAL, Tier.ENTERPRISE
 
-# DESIGN.md, "Domain rules", copied by hand.
+# docs/design.md, "Domain rules", copied by hand.
 INCLUDED: dict[Tier, dict[EventType, int | None]] = {
     FREE: {G: 50, S: 0, A: 0, W: 0, E: 100},
     STARTER: {G: 500, S: 1000, A: 50, W: 500, E: 5000},
@@ -190,7 +190,7 @@ def test_paid_tiers_have_14_grace_days(tier: Tier) -> None:
 
 
 def test_free_tier_has_no_grace() -> None:
-    # DESIGN shows "—": free has no subscription to be past due on.
+    # The design shows "—": free has no subscription to be past due on.
     assert DEFAULT_PLANS[FREE].grace_days == 0
 
 

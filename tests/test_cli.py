@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 
 import pytest
@@ -12,19 +9,8 @@ import pytest
 from meterline.auth import TokenVerifier
 from meterline.billing.catalog import Tier
 from meterline.db import companies, sql
+from tests.commands import meterline
 from tests.conftest import JWT_SECRET, SERVICE_SECRET, base_settings
-
-
-def meterline(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("METERLINE", "JWT"))}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "meterline", *args],
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 async def test_migrate_is_idempotent(database_url: str) -> None:
@@ -34,6 +20,36 @@ async def test_migrate_is_idempotent(database_url: str) -> None:
         assert result.returncode == 0, result.stderr
     after = await sql.fetch("SELECT count(*) AS n FROM tier_allowances")
     assert before[0]["n"] == after[0]["n"] == 20
+
+
+async def test_migrate_says_what_it_applied(server_url: str) -> None:
+    """A new database: every migration applied, none "already complete"; then nothing to do."""
+    from pathlib import Path
+
+    import asyncpg
+
+    from tests.conftest import _with_database
+
+    migrations = sorted(
+        p.stem for p in (Path(__file__).parents[1] / "meterline/db/migrations").glob("m[0-9]*.py")
+    )
+    name = f"meterline_migrate_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        env = {"DATABASE_URL": _with_database(server_url, name)}
+        first = meterline("migrate", env=env)
+        assert first.returncode == 0, first.stderr
+        assert first.stdout.startswith(f"applied {len(migrations)} migrations (")
+        assert f"0 applied before, {len(migrations)} in all" in first.stdout
+        assert "already complete" not in first.stdout + first.stderr
+        second = meterline("migrate", env=env)
+        assert second.stdout.strip() == (
+            f"database up to date: all {len(migrations)} migrations were applied before"
+        )
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
 
 
 async def test_migrate_keeps_an_operators_price_edits(database_url: str) -> None:
@@ -114,8 +130,8 @@ async def test_clear_dunning(database_url: str) -> None:
     from meterline.billing.dunning import BillingStatus, Dunning
 
     company = uuid.uuid4()
-    await companies.get_or_create(company)
     now = datetime.now(UTC)
+    await companies.get_or_create(company, now=now)
     await companies.set_dunning(company, Dunning(now - timedelta(days=20), now - timedelta(days=6)))
     result = meterline("company", "clear-dunning", str(company), env={"DATABASE_URL": database_url})
     assert result.returncode == 0, result.stderr
@@ -164,3 +180,79 @@ async def test_set_stripe_changes_only_what_is_given_and_refuses_a_taken_custome
     assert taken.returncode != 0 and "another company" in taken.stderr
     stored = await companies.get(uuid.UUID(second))
     assert stored is not None and stored.stripe_customer_id is None
+
+
+# --- --as-of: the one way to run a command at another moment than now ----------------------
+
+
+async def test_as_of_sets_the_moment_every_rule_of_the_command_reads(database_url: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from meterline.billing.dunning import Dunning
+
+    company = uuid.uuid4()
+    failed_at = datetime(2030, 1, 10, tzinfo=UTC)
+    await companies.get_or_create(company, now=failed_at)
+    await companies.set_dunning(company, Dunning(failed_at, failed_at + timedelta(days=14)))
+    env = {"DATABASE_URL": database_url}
+    # A read-only look at two moments, accepted in production (the default environment):
+    within = meterline("--as-of", "2030-01-20T00:00:00Z", "company", "show", str(company), env=env)
+    assert within.returncode == 0, within.stderr
+    assert "status=past_due" in within.stdout
+    after = meterline(
+        "--as-of", "2030-02-01T00:00:00+01:00", "company", "show", str(company), env=env
+    )
+    assert "status=restricted" in after.stdout
+    # A command that writes records the moment as now: production refuses it ...
+    refused = meterline(
+        "--as-of", "2030-02-01T00:00:00Z", "company", "clear-dunning", str(company), env=env
+    )
+    assert refused.returncode != 0
+    assert "refused in production" in refused.stderr and "clear-dunning" in refused.stderr
+    assert (await companies.get(company)).dunning_cleared_at is None  # type: ignore[union-attr]
+    # ... development takes it, and the clearance is dated at that moment.
+    dev = {**env, "METERLINE_ENV": "development"}
+    cleared = meterline(
+        "--as-of", "2030-02-01T00:00:00Z", "company", "clear-dunning", str(company), env=dev
+    )
+    assert cleared.returncode == 0, cleared.stderr
+    stored = await companies.get(company)
+    assert stored is not None and stored.dunning_cleared_at == datetime(2030, 2, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--as-of", "2030-01-01T00:00:00", "company", "list"], "has no offset"),
+        (["--as-of", "tomorrow", "company", "list"], "is not an ISO 8601 moment"),
+        (["--as-of", "2030-01-01T00:00:00Z", "serve"], "runs on the machine's clock"),
+        (
+            ["--as-of", "2030-01-01T00:00:00Z", "token", "--company", str(uuid.uuid4())],
+            "runs on the machine's clock",
+        ),
+        (["--as-of", "2030-01-01T00:00:00Z", "migrate"], "does not apply to `migrate`"),
+    ],
+)
+def test_as_of_refuses_what_it_cannot_mean(args: list[str], message: str) -> None:
+    result = meterline(
+        *args,
+        env={"METERLINE_ENV": "development", "DATABASE_URL": "postgresql://nowhere.invalid/x"},
+    )
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+async def test_a_command_run_on_another_clock_than_the_tests_is_refused(
+    database_url: str,
+) -> None:
+    """The guard of tests/commands.py: a test that fixes the app's clock runs its commands on
+    it (`--as-of`), or they would read the machine's clock and break once the real date passes."""
+    from datetime import UTC, datetime
+
+    from tests.conftest import Clock
+
+    fixed = Clock(fixed=datetime(2026, 11, 20, tzinfo=UTC))
+    env = {"DATABASE_URL": database_url}
+    with pytest.raises(AssertionError, match="fixes the app's clock"):
+        meterline("company", "list", "--limit", "1", env=env)
+    assert meterline("company", "list", "--limit", "1", env=env, clock=fixed).returncode == 0

@@ -4,19 +4,22 @@ on the 1st, cancellation, resumption, the billing portal, roles and Stripe failu
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
+from meterline.app import create_app
 from meterline.billing.catalog import EventType, Tier
 from meterline.db import subscriptions
 from meterline.services import usage
 from meterline.services.lifecycle import plan_lookup_keys
 from meterline.stripe_gateway.client import close_client, make_client
-from tests.conftest import make_token, service_token
-from tests.test_cli import meterline
+from tests.commands import meterline
+from tests.conftest import Api, client_for, make_token, service_token
+from tests.stripe_double import FailureKind
 from tests.webhook_support import APP_ORIGIN, NOV_20, StripeWorld, company_row
 
 NOV_1 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -301,6 +304,7 @@ async def test_super_admin_manages_too(world: StripeWorld) -> None:
     assert body["data"]["changeTier"]["__typename"] == "TierChangeScheduled"
 
 
+@pytest.mark.parametrize("failure", ["500", "429", "drop_before"])
 @pytest.mark.parametrize(
     ("path", "query", "variables"),
     [
@@ -310,10 +314,11 @@ async def test_super_admin_manages_too(world: StripeWorld) -> None:
     ],
 )
 async def test_stripe_failures_are_stripe_unavailable_and_change_nothing(
-    world: StripeWorld, path: str, query: str, variables: dict[str, Any]
+    world: StripeWorld, path: str, query: str, variables: dict[str, Any], failure: FailureKind
 ) -> None:
+    """Stripe down, busy (429) or unreachable: the same request may work later."""
     company_id, subscription = await checked_out(world)
-    world.double.fail("500", 1.0, path_prefix=path)
+    world.double.fail(failure, 1.0, path_prefix=path)
     body = await call(world, company_id, query, **variables)
     assert error_code(body) == "STRIPE_UNAVAILABLE", body
     world.double.heal()
@@ -323,6 +328,47 @@ async def test_stripe_failures_are_stripe_unavailable_and_change_nothing(
     assert mirror is not None and not mirror.cancel_at_period_end
     sub = world.double.get_object(subscription)
     assert not sub["cancel_at_period_end"]
+
+
+async def test_a_call_stripe_refuses_is_rejected_not_unavailable(world: StripeWorld) -> None:
+    """A 4xx is Stripe's answer, not an outage: retrying the same request cannot help, so the
+    caller is told so (STRIPE_REQUEST_REJECTED) with what an operator needs to act on it."""
+    company_id, subscription = await checked_out(world)
+    world.double.cancel_subscription(subscription)  # in Stripe only: no event delivered yet
+    body = await call(world, company_id, CHANGE, tier="PROFESSIONAL")
+    assert error_code(body) == "STRIPE_REQUEST_REJECTED", body
+    [error] = body["errors"]
+    stripe_said = error["extensions"]["stripe"]
+    assert stripe_said["status"] == 400 and stripe_said["param"] == "from_subscription"
+    assert stripe_said["requestId"].startswith("req_")
+    assert "HTTP 400" in error["message"] and "from_subscription" in error["message"]
+    assert "Retrying will not help" in error["message"]
+    assert subscription not in error["message"]  # Stripe's own words (and ids) stay in the log
+    assert (await limits(world, company_id))["scheduledTier"] is None
+
+
+async def test_a_wrong_portal_configuration_is_rejected_naming_the_parameter(
+    world: StripeWorld,
+) -> None:
+    company_id, _ = await checked_out(world)
+    settings = replace(world.api.settings, stripe_portal_configuration="bpc_not_ours")
+    app = create_app(settings, clock=world.clock, manage_database=False)
+    async with client_for(app) as client:
+        misconfigured = Api(client=client, clock=world.clock, settings=settings)
+        body = await misconfigured.gql(
+            PORTAL, {"url": f"{APP_ORIGIN}/billing"}, token=make_token(company_id)
+        )
+    assert error_code(body) == "STRIPE_REQUEST_REJECTED", body
+    stripe_said = body["errors"][0]["extensions"]["stripe"]
+    assert stripe_said == {
+        "status": 400,
+        "code": "resource_missing",
+        "param": "configuration",
+        "requestId": stripe_said["requestId"],
+    }
+    # The right configuration (Stripe's default) works.
+    portal = await result(world, company_id, PORTAL, url=f"{APP_ORIGIN}/billing")
+    assert portal["__typename"] == "BillingPortalSession"
 
 
 async def test_checkout_failure_is_stripe_unavailable(world: StripeWorld) -> None:
@@ -338,7 +384,7 @@ async def test_drift_lists_a_mid_month_change_made_in_stripe(
     world.clock.set(NOV_20 + timedelta(days=3))
     world.double.set_subscription_prices(subscription, world.tier_prices(Tier.ENTERPRISE))
     await world.send("customer.subscription.updated", subscription)
-    shown = meterline("company", "drift", env=world.cli_env())
+    shown = meterline("company", "drift", env=world.cli_env(), clock=world.clock)
     assert shown.returncode == 0, shown.stderr
     assert str(company_id) in shown.stdout and "from starter to enterprise" in shown.stdout
     assert "Stripe's coming invoice" in shown.stdout

@@ -19,7 +19,7 @@ NOV_20 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 
 async def starter_company(api: Api) -> None:
-    await companies.get_or_create(api.company_id)
+    await companies.get_or_create(api.company_id, now=api.clock())
     await companies.set_tier(api.company_id, Tier.STARTER)
 
 
@@ -75,7 +75,7 @@ async def test_current_usage_for_a_starter_company_over_two_allowances(api: Api)
 
 
 async def test_enterprise_is_unlimited(api: Api) -> None:
-    await companies.get_or_create(api.company_id)
+    await companies.get_or_create(api.company_id, now=api.clock())
     await companies.set_tier(api.company_id, Tier.ENTERPRISE)
     await recorded(api, eventType="AI_QUERY", quantity=99_999)
     m = by_type((await api.data(f"{{ currentUsage {{ {METER_FIELDS} }} }}"))["currentUsage"])

@@ -55,7 +55,7 @@ async def used(api: Api, event_type: str = "GUEST_INVITATION") -> int:
 
 
 async def test_record_returns_event_and_priced_usage(api: Api) -> None:
-    await companies.get_or_create(api.company_id)
+    await companies.get_or_create(api.company_id, now=api.clock())
     await companies.set_tier(api.company_id, Tier.STARTER)
     result = await recorded(
         api, eventType="SMS_SENT", quantity=1003, idempotencyKey="k1", metadata={"wedding": "w-1"}
@@ -91,7 +91,7 @@ async def test_first_request_creates_the_company_on_free(api: Api) -> None:
 
 
 async def test_paid_company_with_stripe_customer_records_pending(api: Api) -> None:
-    await companies.get_or_create(api.company_id)
+    await companies.get_or_create(api.company_id, now=api.clock())
     await companies.set_stripe_ids(
         api.company_id, customer_id=f"cus_{api.company_id.hex[:10]}", subscription_id=None
     )
@@ -138,7 +138,7 @@ async def test_bad_input_is_refused_and_nothing_written(api: Api, fields: dict[s
 
 
 async def test_quantity_bounds_are_inclusive(api: Api) -> None:
-    await companies.get_or_create(api.company_id)
+    await companies.get_or_create(api.company_id, now=api.clock())
     await companies.set_tier(api.company_id, Tier.ENTERPRISE)
     assert (await recorded(api, quantity=1))["usage"]["used"] == 1
     assert (await recorded(api, quantity=100_000))["usage"]["used"] == 100_001
@@ -306,7 +306,7 @@ async def test_refused_event_does_not_burn_its_key(api: Api) -> None:
 
 
 async def test_twenty_concurrent_calls_with_one_key_record_one_event(api: Api) -> None:
-    await companies.get_or_create(api.company_id)
+    await companies.get_or_create(api.company_id, now=api.clock())
     results = await asyncio.gather(
         *[recorded(api, quantity=5, idempotencyKey="burst") for _ in range(20)]
     )
@@ -357,7 +357,7 @@ async def test_a_request_larger_than_the_room_left_is_refused_whole(api: Api) ->
 
 
 async def test_paid_tiers_are_never_blocked_for_volume(api: Api) -> None:
-    await companies.get_or_create(api.company_id)
+    await companies.get_or_create(api.company_id, now=api.clock())
     await companies.set_tier(api.company_id, Tier.STARTER)
     result = await recorded(api, quantity=100_000)
     assert result["usage"]["overageQuantity"] == 100_000 - 500
@@ -395,7 +395,7 @@ async def test_concurrent_retries_of_the_event_that_fills_the_cap_record_it_once
 async def test_restricted_company_gets_payment_required_and_can_still_read(api: Api) -> None:
     now = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
     api.clock.set(now)
-    await companies.get_or_create(api.company_id)
+    await companies.get_or_create(api.company_id, now=api.clock())
     await companies.set_tier(api.company_id, Tier.STARTER)
     failure = now - timedelta(days=15)
     grace_end = failure + timedelta(days=14)
@@ -499,7 +499,7 @@ async def test_a_bad_literal_gets_the_code_of_a_bad_variable(api: Api) -> None:
 
 
 async def test_a_past_month_is_not_repriced_by_a_later_tier(api: Api) -> None:
-    await companies.get_or_create(api.company_id)
+    await companies.get_or_create(api.company_id, now=api.clock())
     await companies.set_tier(api.company_id, Tier.STARTER)
     api.clock.set(datetime(2026, 10, 20, 12, 0, tzinfo=UTC))
     await recorded(api, quantity=600)  # starter includes 500: 100 x 0.10 = 10.00
@@ -514,7 +514,7 @@ async def test_a_past_month_is_not_repriced_by_a_later_tier(api: Api) -> None:
 async def test_an_operators_price_edit_prices_new_months_only(api: Api) -> None:
     from meterline.db import tiers
 
-    await companies.get_or_create(api.company_id)
+    await companies.get_or_create(api.company_id, now=api.clock())
     await companies.set_tier(api.company_id, Tier.PROFESSIONAL)
     api.clock.set(datetime(2026, 11, 10, 12, 0, tzinfo=UTC))
     await recorded(api, eventType="AI_QUERY", quantity=210)  # 10 over at 0.20
@@ -541,7 +541,7 @@ async def test_an_operators_price_edit_prices_new_months_only(api: Api) -> None:
 
 async def test_late_events_of_a_paid_month_are_not_capped_by_a_free_tier(api: Api) -> None:
     """Downgraded to free on the 1st: October was starter, its late events are not capped."""
-    await companies.get_or_create(api.company_id)
+    await companies.get_or_create(api.company_id, now=api.clock())
     await companies.set_tier(api.company_id, Tier.STARTER)
     api.clock.set(datetime(2026, 10, 31, 22, 0, tzinfo=UTC))
     await recorded(api, quantity=60, occurredAt="2026-10-31T21:00:00Z")

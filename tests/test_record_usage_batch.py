@@ -66,7 +66,7 @@ async def stored(company_id: uuid.UUID) -> tuple[int, int]:
 
 
 async def paid(api: Api, tier: Tier = Tier.STARTER) -> None:
-    await companies.get_or_create(api.company_id)
+    await companies.get_or_create(api.company_id, now=api.clock())
     await companies.set_tier(api.company_id, tier)
 
 
@@ -161,7 +161,7 @@ async def test_a_thousand_events_are_accepted_and_one_more_is_not(api: Api) -> N
 
 
 async def test_a_thousand_events_with_large_metadata_fit_in_one_request(api: Api) -> None:
-    """The body limit leaves room for the largest batch DESIGN allows (4 KB of metadata each)."""
+    """The body limit leaves room for the largest batch allowed (4 KB of metadata each)."""
     await paid(api)
     metadata = {"note": "x" * 4_000}
     result = await batch(api, [invitation(f"m{i}", metadata=metadata) for i in range(1_000)])
@@ -310,7 +310,7 @@ async def test_a_refused_batch_does_not_burn_its_keys(api: Api) -> None:
 
 async def test_concurrent_batches_at_the_cap_never_pass_it(api: Api) -> None:
     """Twelve batches of 10 for room of 50 (free tier): exactly five are recorded."""
-    await companies.get_or_create(api.company_id)
+    await companies.get_or_create(api.company_id, now=api.clock())
     results = await asyncio.gather(
         *[batch(api, [invitation(f"b{b}-{i}") for i in range(10)]) for b in range(12)]
     )
@@ -324,7 +324,7 @@ async def test_concurrent_batches_at_the_cap_never_pass_it(api: Api) -> None:
 async def test_copies_of_the_batch_that_fills_the_cap_are_duplicates_not_refusals(
     api: Api,
 ) -> None:
-    await companies.get_or_create(api.company_id)
+    await companies.get_or_create(api.company_id, now=api.clock())
     events = [invitation(f"fill-{i}", 5) for i in range(10)]  # exactly the free tier's 50
     results = await asyncio.gather(*[batch(api, events) for _ in range(8)])
     assert [r["__typename"] for r in results] == ["UsageBatchRecorded"] * 8
@@ -333,7 +333,7 @@ async def test_copies_of_the_batch_that_fills_the_cap_are_duplicates_not_refusal
 
 
 async def test_batches_and_single_recordings_share_the_cap(api: Api) -> None:
-    await companies.get_or_create(api.company_id)
+    await companies.get_or_create(api.company_id, now=api.clock())
     singles = [api.gql(RECORD, {"input": invitation(f"s{i}")}, role="service") for i in range(20)]
     batches = [batch(api, [invitation(f"b{b}-{i}") for i in range(5)]) for b in range(8)]
     await asyncio.gather(*singles, *batches)

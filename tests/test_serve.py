@@ -32,7 +32,8 @@ import pytest
 
 from meterline.auth import mint_service_token
 from meterline.config import Settings
-from tests.conftest import _with_database
+from tests.commands import CLOCK_VARIABLES
+from tests.conftest import _with_database, fixed_clocks
 
 READY_TIMEOUT_S = 30.0
 WAIT_TIMEOUT_S = 15.0
@@ -126,11 +127,13 @@ def free_port() -> int:
 
 
 def server_env(database_url: str, data_dir: Path) -> dict[str, str]:
-    """Only what the server needs: nothing from the developer's shell changes its settings."""
+    """Only what the server needs: nothing from the developer's shell changes its settings.
+    The server runs on the machine's clock, which moves with the test's (CLOCK_VARIABLES)."""
     kept = {
         name: value
         for name, value in os.environ.items()
-        if name in ("PATH", "HOME", "LANG", "TMPDIR") or name.startswith(("LC_", "PG"))
+        if name in ("PATH", "HOME", "LANG", "TMPDIR", *CLOCK_VARIABLES)
+        or name.startswith(("LC_", "PG"))
     }
     return {
         **kept,
@@ -153,6 +156,7 @@ async def wait_until(
 
 
 def start_server(database_url: str, workers: int, tmp_path: Path) -> Server:
+    assert not fixed_clocks(), "`serve` runs on the machine's clock: this test fixed another"
     data_dir = tmp_path / "meterline" / "pgdata"
     port = free_port()
     log_path = tmp_path / f"serve-{port}.log"

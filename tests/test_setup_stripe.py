@@ -3,9 +3,6 @@ moves lookup keys when the tiers table's prices change."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from decimal import Decimal
 from typing import Any
 
@@ -35,6 +32,7 @@ from meterline.stripe_gateway.catalog import (
     price_spec_of,
 )
 from meterline.stripe_gateway.client import make_client
+from tests.commands import meterline
 from tests.conftest import base_settings
 from tests.stripe_double import StripeDouble
 
@@ -306,22 +304,6 @@ async def test_a_stripe_error_stops_the_run(double: StripeDouble, database_url: 
 
 
 # --- the command, as an operator runs it -------------------------------------------------------
-
-
-def meterline(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    full_env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("METERLINE", "STRIPE", "DATABASE_URL"))
-    }
-    full_env.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "meterline", *args],
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 async def test_command_end_to_end(double: StripeDouble, database_url: str) -> None:

@@ -16,8 +16,8 @@ from meterline.services.subscriptions import Flag
 from meterline.stripe_gateway.client import close_client, make_client
 from meterline.stripe_gateway.meter_events import meter_event_name
 from meterline.stripe_gateway.mirror import StripeReader
+from tests.commands import meterline
 from tests.conftest import make_token
-from tests.test_cli import meterline
 from tests.webhook_support import StripeWorld, company_row
 
 SEP_1 = datetime(2026, 9, 1, tzinfo=UTC)
@@ -338,7 +338,7 @@ async def test_the_command_backfills_and_prints_its_counts(
 ) -> None:
     account = await stripe_account(world)
 
-    result = meterline("stripe", "backfill", env=env_for(world, database_url))
+    result = meterline("stripe", "backfill", env=env_for(world, database_url), clock=world.clock)
 
     assert result.returncode == 0, result.stderr
     out = result.stdout.splitlines()
@@ -359,7 +359,7 @@ async def test_the_command_backfills_and_prints_its_counts(
         account.oct_void: "void",
         account.oct_failed: "open",
     }
-    again = meterline("stripe", "backfill", env=env_for(world, database_url))
+    again = meterline("stripe", "backfill", env=env_for(world, database_url), clock=world.clock)
     assert again.returncode == 0, again.stderr
     assert again.stdout.splitlines()[-1] == out[-1]
 
@@ -370,7 +370,7 @@ async def test_the_command_without_a_stripe_key_says_so(
     account = await stripe_account(world)
     env = {**env_for(world, database_url), "STRIPE_SECRET_KEY": ""}
 
-    result = meterline("stripe", "backfill", env=env)
+    result = meterline("stripe", "backfill", env=env, clock=world.clock)
 
     assert result.returncode != 0
     assert "STRIPE_SECRET_KEY" in result.stderr and "not configured" in result.stderr
@@ -385,7 +385,7 @@ async def test_a_stripe_failure_mid_list_stops_with_the_error_and_keeps_what_was
     account = await stripe_account(world)
     world.double.fail("500", 1.0, path_prefix="/v1/invoices")
 
-    result = meterline("stripe", "backfill", env=env_for(world, database_url))
+    result = meterline("stripe", "backfill", env=env_for(world, database_url), clock=world.clock)
 
     assert result.returncode != 0
     assert "500" in result.stderr, result.stderr
@@ -413,7 +413,7 @@ async def test_a_stripe_failure_mid_list_stops_with_the_error_and_keeps_what_was
 
     # Once Stripe answers again, the same command completes the mirror.
     world.double.heal()
-    again = meterline("stripe", "backfill", env=env_for(world, database_url))
+    again = meterline("stripe", "backfill", env=env_for(world, database_url), clock=world.clock)
     assert again.returncode == 0, again.stderr
     assert again.stdout.splitlines()[-1] == (
         "subscriptions: 4 read, 1 not applied; invoices: 5 read, 1 not applied"

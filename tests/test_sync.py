@@ -17,6 +17,7 @@ from meterline.jobs.sync import LEASE, SETTLE_WINDOW, SyncHooks, SyncJob
 from meterline.services import usage
 from meterline.stripe_gateway.client import make_client
 from meterline.stripe_gateway.meter_events import meter_event_name
+from tests.commands import meterline
 from tests.conftest import Clock, base_settings, client_for, rollup_matches_events
 from tests.stripe_double import StripeDouble
 
@@ -71,7 +72,7 @@ async def paid_company(double: StripeDouble, tier: Tier = Tier.STARTER) -> tuple
     company_id = uuid.uuid4()
     MINE.append(company_id)
     customer = double.add_customer()
-    await companies.get_or_create(company_id)
+    await companies.get_or_create(company_id, now=NOV_20)  # where every clock here starts
     await companies.set_tier(company_id, tier)
     await companies.set_stripe_ids(company_id, customer_id=customer)
     return company_id, customer
@@ -437,35 +438,38 @@ async def test_metrics_show_the_sync_state(
 
 
 async def test_sync_usage_command(double: StripeDouble, clock: Clock, database_url: str) -> None:
-    """The CLI runs the same job, shows what did not sync, and re-drives a failed batch."""
-    from tests.test_cli import meterline
-
+    """The CLI runs the same job, shows what did not sync, and re-drives a failed batch; all
+    at the test's moment (`--as-of`), for this test's company only (`--company`)."""
     company_id, customer = await paid_company(double)  # no meters: Stripe refuses the batch
-    await record(company_id, EventType.EMAIL_SENT, 8, now=datetime.now(UTC))
-    double.now = None
+    await record(company_id, EventType.EMAIL_SENT, 8, now=clock())
     env = {
         "DATABASE_URL": database_url,
         "STRIPE_SECRET_KEY": double.api_key,
         "STRIPE_API_BASE": double.url,
     }
-    assert meterline("sync-usage", env={"DATABASE_URL": database_url}).returncode != 0
-    run = meterline("sync-usage", env=env)
+    mine = ("--company", str(company_id))
+    unconfigured = meterline("sync-usage", *mine, env={"DATABASE_URL": database_url}, clock=clock)
+    assert unconfigured.returncode != 0
+    run = meterline("sync-usage", *mine, env=env, clock=clock)
     assert run.returncode == 0, run.stderr
-    assert '"failed": ' in run.stdout
+    assert '"failed": 1' in run.stdout and '"claimed": 1' in run.stdout
     failed = await sql.fetchrow(
         "SELECT id FROM usage_batches WHERE company_id = $1 AND state = 'failed'", company_id
     )
     assert failed is not None
-    status = meterline("sync-usage", "--status", env=env)
+    status = meterline("sync-usage", "--status", *mine, env=env, clock=clock)
     assert status.returncode == 0, status.stderr
+    assert 'batches: {"failed": 1}' in status.stdout
     assert f"failed   mlb_{failed['id'].hex}  {customer} email_sent" in status.stdout
     double.add_meter("email_sent")
-    redrive = meterline("sync-usage", "--redrive", f"mlb_{failed['id'].hex}", env=env)
+    redrive = meterline("sync-usage", "--redrive", f"mlb_{failed['id'].hex}", env=env, clock=clock)
     assert redrive.returncode == 0, redrive.stderr
     assert "1 events" in redrive.stdout
-    assert meterline("sync-usage", env=env).returncode == 0
+    assert meterline("sync-usage", *mine, env=env, clock=clock).returncode == 0
     assert double.meter_total(customer, "email_sent") == 8
-    again = meterline("sync-usage", "--redrive", str(failed["id"]), env=env)
+    [sent] = double.meter_events()
+    assert sent["timestamp"] == int(clock().timestamp())  # sent at the test's moment
+    again = meterline("sync-usage", "--redrive", str(failed["id"]), env=env, clock=clock)
     assert again.returncode != 0 and "re-driven already" in again.stderr
 
 

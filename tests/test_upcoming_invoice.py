@@ -62,7 +62,7 @@ def previews(double: StripeDouble) -> int:
 async def metered_price(
     client: stripe.StripeClient, meter: str, name: str, included: int, cents: Decimal
 ) -> str:
-    """DESIGN's graduated metered price: the first `included` units at 0, then `cents` each."""
+    """the design's graduated metered price: the first `included` units at 0, then `cents` each."""
     price = await client.v1.prices.create_async(
         {
             "currency": "usd",
@@ -127,7 +127,7 @@ async def subscribed_company(api: Api, double: StripeDouble, prices: Prices) -> 
     await report(client, customer, "sms_sent", 1000, NOV_1 + timedelta(days=2))
     await report(client, customer, "sms_sent", 7, NOV_20 - timedelta(hours=1))
     await report(client, customer, "ai_query", 53, NOV_20 - timedelta(hours=2))
-    await companies.get_or_create(api.company_id)
+    await companies.get_or_create(api.company_id, now=api.clock())
     await companies.set_stripe_ids(
         api.company_id, customer_id=customer, subscription_id=subscription
     )
@@ -254,7 +254,7 @@ async def test_stripe_down_is_an_error_on_that_field_only(
     assert invoice["amountDue"] == money("29.95")
 
 
-async def test_stripe_refusing_is_an_error_too(
+async def test_stripe_refusing_is_request_rejected_not_unavailable(
     stripe_api: Api, double: StripeDouble, prices: Prices
 ) -> None:
     await subscribed_company(stripe_api, double, prices)
@@ -263,8 +263,9 @@ async def test_stripe_refusing_is_an_error_too(
     body = await stripe_api.gql(QUERY)
     assert body["data"] == {"upcomingInvoice": None}
     error = only_error(body)
-    assert error["extensions"]["code"] == "STRIPE_UNAVAILABLE"
-    assert error["message"] == billing.REFUSED
+    assert error["extensions"]["code"] == "STRIPE_REQUEST_REJECTED"
+    assert error["message"].startswith(billing.REJECTED + " (HTTP 400, resource_missing")
+    assert error["extensions"]["stripe"]["param"] == "subscription"
     assert "sub_unknown" not in error["message"]  # Stripe's words stay in the log
 
 

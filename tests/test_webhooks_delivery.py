@@ -6,14 +6,15 @@ import asyncio
 import json
 import time
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from meterline.billing.catalog import Tier
 from meterline.db import sql, webhook_events
+from tests.commands import meterline
 from tests.stripe_double import sign_payload
-from tests.test_cli import meterline
 from tests.webhook_support import (
     SNAPSHOT_SECRET,
     THIN_SECRET,
@@ -221,20 +222,20 @@ async def test_replay_command_reapplies_failed_and_single_events(
     assert (await world.deliver(event)).status_code == 500
     world.double.heal()
     env = world.cli_env()
-    listed = meterline("webhooks", "list", "--failed", env=env)
+    listed = meterline("webhooks", "list", "--failed", env=env, clock=world.clock)
     assert event["id"] in listed.stdout, listed.stderr
-    replayed = meterline("webhooks", "replay", "--failed", env=env)
+    replayed = meterline("webhooks", "replay", "--failed", env=env, clock=world.clock)
     assert replayed.returncode == 0, replayed.stderr
     assert f"{event['id']}: applied" in replayed.stdout
     assert (await company_row(company_id)).tier is Tier.STARTER
     # A single event, applied again on purpose after Stripe changed: its current state wins.
     world.double.cancel_subscription(subscription)
-    single = meterline("webhooks", "replay", event["id"], env=env)
+    single = meterline("webhooks", "replay", event["id"], env=env, clock=world.clock)
     assert single.returncode == 0, single.stderr
     assert (await company_row(company_id)).tier is Tier.FREE
     row = await event_row(event["id"])
     assert row["applied_count"] == 2
-    unknown = meterline("webhooks", "replay", "evt_unknown", env=env)
+    unknown = meterline("webhooks", "replay", "evt_unknown", env=env, clock=world.clock)
     assert unknown.returncode != 0 and "no stored event" in unknown.stderr
 
 
@@ -254,11 +255,11 @@ async def test_replay_failed_also_takes_events_a_crash_left_half_way(
     world.double.heal()
     # As a process killed between storing and applying leaves it.
     await sql.execute(
-        "UPDATE webhook_events SET status = 'received', received_at = now() - interval '6 min' "
-        "WHERE id = $1",
+        "UPDATE webhook_events SET status = 'received', received_at = $2 WHERE id = $1",
         event["id"],
+        world.clock() - timedelta(minutes=6),
     )
     env = world.cli_env()
-    replayed = meterline("webhooks", "replay", "--failed", env=env)
+    replayed = meterline("webhooks", "replay", "--failed", env=env, clock=world.clock)
     assert f"{event['id']}: applied" in replayed.stdout, replayed.stderr
     assert (await company_row(company_id)).tier is Tier.STARTER

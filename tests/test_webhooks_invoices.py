@@ -10,8 +10,8 @@ import pytest
 
 from meterline.billing.catalog import Tier
 from meterline.db import invoices
+from tests.commands import meterline
 from tests.conftest import make_token, service_token
-from tests.test_cli import meterline
 from tests.webhook_support import StripeWorld
 
 OCT_1 = datetime(2026, 10, 1, tzinfo=UTC)
@@ -222,7 +222,7 @@ async def test_the_dunning_timeline(world: StripeWorld) -> None:
     world.double.pay_invoice(october)
     await world.send("invoice.paid", october)
     # The other invoice is still open with a failed payment, since day 5: past due, with the
-    # grace counted from that failure (DESIGN: the earliest failure of the OPEN invoices).
+    # grace counted from that failure (docs/design.md: the earliest failure of the OPEN invoices).
     shown = await limits(world, company_id)
     assert shown["billingStatus"] == "PAST_DUE"
     assert shown["graceEndsAt"] == (NOV_1 + timedelta(days=5 + 14)).isoformat()
@@ -264,12 +264,13 @@ async def test_uncollectible_keeps_counting_until_an_operator_clears_it(
     shown = await limits(world, company_id)
     assert shown["billingStatus"] == "PAST_DUE"
     assert shown["graceEndsAt"] == (first_failure + timedelta(days=14)).isoformat()
-    world.clock.set(first_failure + timedelta(days=30))
+    cleared_at = first_failure + timedelta(days=30)
+    world.clock.set(cleared_at)
     assert (await limits(world, company_id))["billingStatus"] == "RESTRICTED"
     assert (await record_sms(world, company_id))["__typename"] == "PaymentRequired"
 
     result = meterline(
-        "company", "clear-dunning", str(company_id), env={"DATABASE_URL": database_url}
+        "company", "clear-dunning", str(company_id), env=world.cli_env(), clock=world.clock
     )
     assert result.returncode == 0, result.stderr
     assert "status=ok" in result.stdout
@@ -277,10 +278,11 @@ async def test_uncollectible_keeps_counting_until_an_operator_clears_it(
     # A later event of that same invoice does not bring the old facts back ...
     await world.send("invoice.updated", invoice)
     assert (await limits(world, company_id))["billingStatus"] == "OK"
-    # ... but a new failure after the clearing counts again.
-    world.clock.set(DEC_1 + timedelta(hours=1))
+    # ... but a new failure after the clearing (the operator's moment, not the machine's)
+    # counts again.
+    world.clock.set(cleared_at + timedelta(hours=1))
     november = world.double.invoice_for_month(subscription, ts(NOV_1))
-    await fail(world, november, DEC_1 + timedelta(hours=2))
+    await fail(world, november, cleared_at + timedelta(hours=2))
     assert (await limits(world, company_id))["billingStatus"] == "PAST_DUE"
 
 

@@ -318,21 +318,24 @@ async def test_an_incomplete_subscription_links_but_does_not_upgrade(world: Stri
 
 
 async def test_operators_see_and_resolve_flags(world: StripeWorld, database_url: str) -> None:
-    from tests.test_cli import meterline
+    from tests.commands import meterline
 
     company_id = uuid.uuid4()
     _, subscription = world.subscribe(company_id, prices=world.tier_prices(Tier.STARTER)[:-2])
     await world.send("customer.subscription.created", subscription)
     env = {"DATABASE_URL": database_url}
-    shown = meterline("company", "show", str(company_id), env=env)
+    shown = meterline("company", "show", str(company_id), env=env, clock=world.clock)
     assert f"FLAG {Flag.INCOMPLETE} ({subscription}" in shown.stdout, shown.stderr
     assert "subscription=" + subscription + "(active)" in shown.stdout
-    listed = meterline("stripe", "flags", "--limit", "1000", env=env)
+    listed = meterline("stripe", "flags", "--limit", "1000", env=env, clock=world.clock)
     line = next(x for x in listed.stdout.splitlines() if subscription in x)
     flag_id = line.split()[0]
-    assert meterline("stripe", "flags", "--resolve", flag_id, env=env).returncode == 0
+    assert (
+        meterline("stripe", "flags", "--resolve", flag_id, env=env, clock=world.clock).returncode
+        == 0
+    )
     assert await open_flag_kinds(company_id) == set()
-    again = meterline("stripe", "flags", "--resolve", flag_id, env=env)
+    again = meterline("stripe", "flags", "--resolve", flag_id, env=env, clock=world.clock)
     assert again.returncode != 0 and "no open flag" in again.stderr
 
 

@@ -18,8 +18,8 @@ from meterline.jobs.sync import SyncJob, SyncReport
 from meterline.services import usage
 from meterline.services.stripe_setup import metered_price_lookup_key
 from meterline.stripe_gateway.client import close_client, make_client
+from tests.commands import meterline
 from tests.stripe_double import sign_payload
-from tests.test_cli import meterline
 from tests.webhook_support import (
     THIN_SECRET,
     StripeWorld,
@@ -253,7 +253,7 @@ async def test_a_report_naming_a_batch_still_being_retried_is_not_lost(
 ) -> None:
     """Stripe took the call but the answer was lost: the batch is `sending`, due for a retry,
     when the report says Stripe dropped the event. The retry's "already exists" must not turn it
-    into `sent` (DESIGN: a batch a report names was not billed; it is `failed`)."""
+    into `sent` (docs/design.md: a batch a report names was not billed; it is `failed`)."""
     company_id, _ = await paid_company(world)
     await record(world, company_id, EventType.SMS_SENT, 9)
     world.double.fail("drop", 1.0)  # processed by Stripe, connection dropped unanswered
@@ -306,7 +306,7 @@ async def test_status_shows_the_report_and_redrive_makes_the_events_pending_agai
     assert (await world.send_thin(event_id)).status_code == 200
     env = {"DATABASE_URL": database_url}
 
-    shown = meterline("sync-usage", "--status", env=env)
+    shown = meterline("sync-usage", "--status", env=env, clock=world.clock)
 
     assert shown.returncode == 0, shown.stderr
     out = shown.stdout
@@ -324,7 +324,7 @@ async def test_status_shows_the_report_and_redrive_makes_the_events_pending_agai
     assert CUSTOMER_GONE_MESSAGE in problem
     assert identifier(found["email_sent"]["id"]) not in out  # still sent: no problem
 
-    redriven = meterline("sync-usage", "--redrive", identifier(sms), env=env)
+    redriven = meterline("sync-usage", "--redrive", identifier(sms), env=env, clock=world.clock)
 
     assert redriven.returncode == 0, redriven.stderr
     assert f"2 events of batch {identifier(sms)} are pending again" in redriven.stdout
@@ -340,10 +340,10 @@ async def test_status_shows_the_report_and_redrive_makes_the_events_pending_agai
     assert batch["state"] == "failed" and batch["redriven_at"] is not None
 
     # Once re-driven it is no longer a problem, and it cannot be re-driven twice.
-    again = meterline("sync-usage", "--status", env=env)
+    again = meterline("sync-usage", "--status", env=env, clock=world.clock)
     problems = [line for line in again.stdout.splitlines() if "value=" in line]
     assert not any(identifier(sms) in line for line in problems)
-    twice = meterline("sync-usage", "--redrive", identifier(sms), env=env)
+    twice = meterline("sync-usage", "--redrive", identifier(sms), env=env, clock=world.clock)
     assert twice.returncode != 0 and "re-driven already" in twice.stderr
 
     # The next sync (back within Stripe's 35 days of the usage) sends the events again as a

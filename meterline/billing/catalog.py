@@ -12,7 +12,7 @@ from decimal import Decimal
 from enum import StrEnum
 
 CURRENCY = "usd"
-# One recorded event's quantity (DESIGN: 1 to 100,000).
+# One recorded event's quantity (docs/design.md: 1 to 100,000).
 MIN_QUANTITY = 1
 MAX_QUANTITY = 100_000
 

@@ -32,7 +32,7 @@ def grace_end(earliest_failure: datetime, grace_days: int) -> datetime:
 
 
 def dunning_from_invoices(earliest_failure: datetime | None, grace_days: int) -> Dunning:
-    """DESIGN's rule: past due while an invoice is unpaid after a failed payment (open, or
+    """the design's rule: past due while an invoice is unpaid after a failed payment (open, or
     marked uncollectible), from the earliest such failure (a second failure never extends the
     grace); restricted once the grace has passed."""
     if earliest_failure is None:

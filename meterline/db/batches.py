@@ -101,7 +101,7 @@ def batch_timestamp(
 ) -> datetime:
     """The latest member's time, floored to seconds; in the month a paid subscription started
     (free -> paid), never before that start: Stripe bills a metered price only for usage stamped
-    after it started, and the month's earlier events must count (DESIGN, plan changes)."""
+    after it started, and the month's earlier events must count (docs/design.md, plan changes)."""
     latest = floor_to_second(max(occurred))
     if stamped_from is not None and month_of(stamped_from) == month:
         return max(latest, floor_to_second(stamped_from))

@@ -61,15 +61,17 @@ async def get(company_id: uuid.UUID) -> Company | None:
     return _company(row) if row else None
 
 
-async def get_or_create(company_id: uuid.UUID) -> Company:
-    """A company exists as soon as a valid token names it: created on the free tier."""
+async def get_or_create(company_id: uuid.UUID, *, now: datetime) -> Company:
+    """A company exists as soon as a valid token names it: created on the free tier. `now`
+    (the app's clock, not the database's) is its first month in usageHistory."""
     existing = await get(company_id)  # the common case: one round trip
     if existing is not None:
         return existing
     row = await sql.fetchrow(
-        f"INSERT INTO companies (id, tier) VALUES ($1, 'free') ON CONFLICT (id) DO NOTHING "
-        f"RETURNING {_COLUMNS}",
+        f"INSERT INTO companies (id, tier, created_at) VALUES ($1, 'free', $2) "
+        f"ON CONFLICT (id) DO NOTHING RETURNING {_COLUMNS}",
         company_id,
+        now,
     )
     if row is None:  # a concurrent request created it; it is committed now
         row = await sql.fetchrow(f"SELECT {_COLUMNS} FROM companies WHERE id = $1", company_id)

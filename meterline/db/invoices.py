@@ -119,7 +119,7 @@ class DunningFacts:
 
 
 async def dunning_facts(company_id: uuid.UUID, cleared_at: datetime | None) -> DunningFacts:
-    """What the company's dunning state follows from (DESIGN, dunning): its open invoices with
+    """What the company's dunning state follows from (the design, dunning): its open invoices with
     a failed payment, and those marked uncollectible (still unpaid: they keep counting, where
     paying or voiding ends it). Anything before an operator's clear-dunning (`cleared_at`) no
     longer counts."""

@@ -69,6 +69,19 @@ async def _connection() -> AsyncIterator[asyncpg.Connection | PoolConnectionProx
             await single.close()
 
 
+# A statement cancelled by the statement timeout (or an operator), a lock not granted, a
+# deadlock lost: nothing was written, and the same work may succeed a moment later.
+_BUSY = (
+    asyncpg.exceptions.QueryCanceledError,
+    asyncpg.exceptions.LockNotAvailableError,
+    asyncpg.exceptions.DeadlockDetectedError,
+)
+
+
+def is_database_busy(exc: BaseException | None) -> bool:
+    return isinstance(exc, _BUSY)
+
+
 async def fetch(query: str, *args: Any) -> list[asyncpg.Record]:
     async with _connection() as connection:
         return list(await connection.fetch(query, *args))

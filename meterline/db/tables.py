@@ -68,7 +68,7 @@ class CompanyRow(Table, tablename="companies", db=DB):
     # The current subscription's Stripe status (active, past_due, paused, canceled, ...).
     subscription_status = Varchar(length=32, null=True, default=None)
     # Free -> paid: that month's earlier events are sent stamped at this instant, the start of
-    # the paid subscription, so Stripe bills them on its metered prices (DESIGN, plan changes).
+    # the paid subscription, so Stripe bills them on its metered prices (the design, plan changes).
     usage_stamped_from = Timestamptz(null=True, default=None)
     # A tier change Meterline scheduled in Stripe for the next 1st (a subscription schedule).
     scheduled_tier = Varchar(length=32, null=True, default=None)
@@ -105,7 +105,7 @@ class IdempotencyKeyRow(Table, tablename="idempotency_keys", db=DB):
     company_id = ForeignKey(CompanyRow, on_delete=OnDelete.restrict, null=False)
     key = Varchar(length=255)
     event_id = UUID()
-    # What a retry is compared with (DESIGN): sha256 of event type, quantity and metadata,
+    # What a retry is compared with (docs/design.md): sha256 of event type, quantity and metadata,
     # and occurredAt exactly as the caller gave it (NULL when it did not).
     fingerprint = Varchar(length=64)
     occurred_at_given = Timestamptz(null=True, default=None)

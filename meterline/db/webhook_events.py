@@ -48,13 +48,16 @@ async def store(
     created: datetime,
     payload: dict[str, Any],
     status: str,
+    received_at: datetime,
 ) -> tuple[StoredWebhookEvent, bool]:
-    """Insert the event unless its id is stored already: the stored row, and whether it is new."""
+    """Insert the event unless its id is stored already: the stored row, and whether it is new.
+    `received_at` comes from the app's clock: the crash-recovery and retention rules read it."""
     row = await sql.fetchrow(
         f"""
         WITH inserted AS (
-            INSERT INTO webhook_events (id, source, type, object_id, created, payload, status)
-            VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)
+            INSERT INTO webhook_events
+                (id, source, type, object_id, created, payload, status, received_at)
+            VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8)
             ON CONFLICT (id) DO NOTHING RETURNING {_COLUMNS}
         )
         SELECT {_COLUMNS}, true AS inserted FROM inserted
@@ -69,6 +72,7 @@ async def store(
         created,
         json.dumps(payload),
         status,
+        received_at,
     )
     if row is None:  # inserted concurrently and not yet visible to this snapshot
         row = await sql.fetchrow(
@@ -125,6 +129,40 @@ async def unsettled_ids(*, received_before: datetime, limit: int) -> list[str]:
         limit,
     )
     return [r["id"] for r in rows]
+
+
+# Settled: applied, or stored as ignored. `received` (being applied, or left by a crash) and
+# `failed` events are never pruned: they are work still to do.
+SETTLED = ("applied", "ignored")
+
+
+async def prune_settled(*, received_before: datetime, limit: int) -> int:
+    """Delete up to `limit` settled events received before the moment, oldest first; events a
+    concurrent delivery or replay holds are skipped (their next run takes them)."""
+    status = await sql.execute(
+        """
+        DELETE FROM webhook_events WHERE id IN (
+            SELECT id FROM webhook_events
+            WHERE status = ANY($3) AND received_at < $1
+            ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED
+        ) AND status = ANY($3)
+        """,
+        received_before,
+        limit,
+        list(SETTLED),
+    )
+    return int(status.split()[-1])  # "DELETE n"
+
+
+async def count_unsettled_before(received_before: datetime) -> int:
+    """Events older than the retention that are kept because they are not settled."""
+    row = await sql.fetchrow(
+        "SELECT count(*) AS n FROM webhook_events WHERE NOT (status = ANY($2)) "
+        "AND received_at < $1",
+        received_before,
+        list(SETTLED),
+    )
+    return int(row["n"]) if row else 0
 
 
 async def recent(limit: int, status: str | None = None) -> list[StoredWebhookEvent]:

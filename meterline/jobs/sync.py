@@ -1,6 +1,6 @@
 """The usage sync: pending events -> batches -> Stripe meter events, exactly once.
 
-Three steps, never a transaction open across a network call (DESIGN "Sync to Stripe"):
+Three steps, never a transaction open across a network call (docs/design.md "Sync to Stripe"):
 1. claim: one transaction stores the batch (leased) and marks its events taken;
 2. send the stored batch (identifier = batch id) to Stripe;
 3. one transaction marks the batch and its events sent.

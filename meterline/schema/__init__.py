@@ -1,4 +1,4 @@
-"""The Strawberry schema: DESIGN's GraphQL contract."""
+"""The Strawberry schema: the design's GraphQL contract."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from meterline.schema.lifecycle import (
     ResumeSubscriptionResult,
     StartCheckoutResult,
 )
-from meterline.schema.limits import max_depth_rule
+from meterline.schema.limits import OneRecordingFieldRule, max_depth_rule
 from meterline.schema.types import (
     Invoice,
     MeterUsage,
@@ -102,13 +102,21 @@ class Mutation:
 
 
 class MeterlineSchema(strawberry.Schema):
+    # In production the schema is not for strangers: no introspection, and no "Did you mean
+    # 'usageLimits'?" in errors, which would hand it out a field at a time.
+    hide_suggestions = False
+
     async def execute(self, *args: Any, **kwargs: Any) -> ExecutionResult:
         """Every error leaves with an `extensions.code`, and unexpected ones masked. Done on
         the final result: parse errors end the operation before any extension hook sees them."""
         result = await super().execute(*args, **kwargs)
         if result.errors:
             context = kwargs.get("context_value", args[2] if len(args) > 2 else None)
-            result.errors = with_codes(result.errors, getattr(context, "request_id", None))
+            result.errors = with_codes(
+                result.errors,
+                getattr(context, "request_id", None),
+                hide_suggestions=self.hide_suggestions,
+            )
         return result
 
     def process_errors(
@@ -123,6 +131,7 @@ def build_schema(*, introspection: bool) -> strawberry.Schema:
     # made per request (what MaxAliasesLimiter does) would make every request miss the cache.
     rules: list[Any] = [
         max_depth_rule(MAX_DEPTH),
+        OneRecordingFieldRule,
         *MaxAliasesLimiter(max_alias_count=MAX_ALIASES).validation_rules,
     ]
     if not introspection:
@@ -134,6 +143,7 @@ def build_schema(*, introspection: bool) -> strawberry.Schema:
         lambda: AddValidationRules(rules),
     ]
     schema = MeterlineSchema(query=Query, mutation=Mutation, extensions=extensions)
+    schema.hide_suggestions = not introspection
     # Batches run on graphql-core's coerced inputs (see record_usage_batch_fast); the tests of
     # recordUsageBatch go through this path.
     mutations = schema._schema.mutation_type

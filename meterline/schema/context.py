@@ -69,5 +69,5 @@ class Context(BaseContext, kw_only=True):
     async def company(self, permission: Permission) -> Company:
         company_id = self.authorize(permission)
         if self.company_task is None:
-            self.company_task = asyncio.ensure_future(usage.company(company_id))
+            self.company_task = asyncio.ensure_future(usage.company(company_id, self.now()))
         return await asyncio.shield(self.company_task)

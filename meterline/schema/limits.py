@@ -1,7 +1,13 @@
-"""Operation depth limit that counts every field, introspection included.
+"""Validation rules of Meterline's own.
 
-Strawberry's QueryDepthLimiter skips `__`-prefixed fields, and in this schema introspection is
-the only way to nest deeply, so the limit would never bite.
+- Operation depth, counting every field, introspection included: Strawberry's QueryDepthLimiter
+  skips `__`-prefixed fields, and in this schema introspection is the only way to nest deeply,
+  so its limit would never bite.
+- One recording field per operation: recordUsageBatch holds at most 1,000 events, but aliases
+  would let one request repeat it (30 aliases over one `$events` variable: 30,000 events), and
+  mutation fields run one after the other, each in its own transaction, so a document with two
+  recordings is not all-or-nothing. A request records through one field: recordUsage (1 event)
+  or recordUsageBatch (up to 1,000).
 """
 
 from __future__ import annotations
@@ -45,6 +51,53 @@ def _depth(
             continue
         deepest = max(deepest, depth)
     return deepest
+
+
+def _root_fields(
+    selections: SelectionSetNode,
+    fragments: dict[str, FragmentDefinitionNode],
+    seen: frozenset[str] = frozenset(),
+) -> list[FieldNode]:
+    """The operation's own fields, fragments spread at its root included."""
+    found: list[FieldNode] = []
+    for selection in selections.selections:
+        if isinstance(selection, FieldNode):
+            found.append(selection)
+        elif isinstance(selection, InlineFragmentNode):
+            found.extend(_root_fields(selection.selection_set, fragments, seen))
+        elif isinstance(selection, FragmentSpreadNode):
+            name = selection.name.value
+            fragment = fragments.get(name)
+            if fragment is not None and name not in seen:
+                found.extend(_root_fields(fragment.selection_set, fragments, seen | {name}))
+    return found
+
+
+RECORDING_FIELDS = ("recordUsage", "recordUsageBatch")
+
+
+class OneRecordingFieldRule(ValidationRule):
+    def enter_operation_definition(self, node: OperationDefinitionNode, *_: Any) -> None:
+        fragments = {
+            d.name.value: d
+            for d in self.context.document.definitions
+            if isinstance(d, FragmentDefinitionNode)
+        }
+        # Fields with one response key run once (GraphQL merges them): count the keys.
+        keys = {
+            (field.alias or field.name).value
+            for field in _root_fields(node.selection_set, fragments)
+            if field.name.value in RECORDING_FIELDS
+        }
+        if len(keys) > 1:
+            self.report_error(
+                GraphQLError(
+                    f"A request records through one field, recordUsage (1 event) or "
+                    f"recordUsageBatch (up to 1,000 events); this one has {len(keys)} "
+                    f"({', '.join(sorted(keys))}). Send the events as one batch.",
+                    [node],
+                )
+            )
 
 
 def max_depth_rule(max_depth: int) -> type[ValidationRule]:

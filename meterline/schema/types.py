@@ -1,4 +1,4 @@
-"""Strawberry types: DESIGN's SDL, built from the domain objects."""
+"""Strawberry types: the design's SDL, built from the domain objects."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from meterline.config import Settings
 from meterline.db import invoices
 from meterline.db.companies import Company
 from meterline.db.invoices import InvoiceMirror
-from meterline.services.errors import BadUserInput, StripeUnavailable
+from meterline.services.errors import BadUserInput, StripeRequestRejected, StripeUnavailable
 from meterline.stripe_gateway.client import StripeNotConfigured
 from meterline.stripe_gateway.invoices import (
     InvoicePreview,
@@ -37,7 +37,8 @@ MAX_CACHED_COMPANIES = 10_000
 
 NOT_CONFIGURED = "Stripe is not configured on this server (STRIPE_SECRET_KEY is unset)."
 UNREACHABLE = "Stripe could not be reached for the upcoming invoice; try again in a moment."
-REFUSED = "Stripe could not preview the upcoming invoice."
+REJECTED = "Stripe refused to preview the upcoming invoice"
+UNREADABLE = "Stripe's preview of the upcoming invoice could not be read."
 
 # Which company, and which Stripe subscription of it: a new subscription is a new entry.
 _Key = tuple[uuid.UUID, str, str]
@@ -118,7 +119,8 @@ async def upcoming_invoice(
 ) -> InvoicePreview | None:
     """The invoice Stripe would issue next for the company's subscription; None when the
     company has no Stripe customer and subscription (or Stripe says nothing is coming).
-    StripeUnavailable when Stripe is not configured, unreachable, or refuses."""
+    StripeUnavailable when Stripe is not configured or unreachable, StripeRequestRejected
+    when it refuses."""
     if not settings.stripe_secret_key:
         raise StripeUnavailable(NOT_CONFIGURED)
     customer, subscription = company.stripe_customer_id, company.stripe_subscription_id
@@ -143,7 +145,9 @@ async def upcoming_invoice(
                 subscription,
                 exc,
             )
-            raise StripeUnavailable(UNREACHABLE if exc.transient else REFUSED) from exc
+            if exc.rejection is not None:
+                raise StripeRequestRejected(REJECTED, exc.rejection) from exc
+            raise StripeUnavailable(UNREACHABLE if exc.transient else UNREADABLE) from exc
 
     return await cache.get((company.id, customer, subscription), now, fetch)
 

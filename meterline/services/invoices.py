@@ -1,6 +1,6 @@
 """Applying a Stripe invoice's current state: the local invoice mirror and the dunning state.
 
-Dunning (DESIGN): PAST_DUE while an invoice is unpaid after a failed payment (open, or marked
+Dunning (the design): PAST_DUE while an invoice is unpaid after a failed payment (open, or marked
 uncollectible), grace from the earliest failure; RESTRICTED after the grace; OK again when the
 invoices are paid or voided, or an operator clears it (an uncollectible invoice never clears by
 itself).

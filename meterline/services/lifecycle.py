@@ -1,14 +1,15 @@
 """The subscription lifecycle a company admin drives: checkout, plan changes, cancellation,
-resumption and the billing portal (DESIGN, plan changes).
+resumption and the billing portal (docs/design.md, plan changes).
 
 A plan change takes effect on the 1st, in Stripe (a subscription schedule) and here (the month
 keeps its tier): `scheduledTier` shows it until then. Stripe is called first; only what Stripe
-accepted is written here, so a Stripe failure (`STRIPE_UNAVAILABLE`) leaves nothing
-half-done. The webhooks then confirm it (they re-read the subscription).
-"""
+accepted is written here, so a Stripe failure (`STRIPE_UNAVAILABLE`, or
+`STRIPE_REQUEST_REJECTED` when Stripe refused the call) leaves nothing half-done. The webhooks
+then confirm it (they re-read the subscription)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,12 +22,13 @@ from meterline.config import Settings
 from meterline.db import companies, subscriptions
 from meterline.db.companies import Company
 from meterline.db.subscriptions import SubscriptionMirror
-from meterline.services.errors import BadUserInput, StripeUnavailable
+from meterline.services.errors import BadUserInput, StripeRequestRejected, StripeUnavailable
 from meterline.services.stripe_setup import base_price_lookup_key, metered_price_lookup_key
 from meterline.services.subscriptions import LIVE_STATUSES
 from meterline.stripe_gateway.lifecycle import LifecycleFailed, PlanPrice, StripeLifecycle
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 # A subscription not yet paid (`incomplete`) or paused still blocks a second checkout.
 HOLDS_A_SUBSCRIPTION = LIVE_STATUSES | {"incomplete", "paused"}
@@ -84,7 +86,7 @@ class StripeNotReady:
 
 
 def plan_lookup_keys(tier: Tier) -> list[str]:
-    """The tier's six prices, base first: a complete subscription (DESIGN, Stripe objects)."""
+    """The tier's six prices, base first: a complete subscription (the design, Stripe objects)."""
     return [base_price_lookup_key(tier)] + [metered_price_lookup_key(tier, e) for e in EventType]
 
 
@@ -110,6 +112,9 @@ async def _stripe(call: Awaitable[T]) -> T:
     try:
         return await call
     except LifecycleFailed as exc:
+        if exc.rejection is not None:
+            logger.warning("Stripe refused a subscription call: %s", exc)
+            raise StripeRequestRejected("Stripe refused the change", exc.rejection) from exc
         raise StripeUnavailable(f"Stripe did not do it: {exc}") from exc
 
 

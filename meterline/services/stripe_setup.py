@@ -66,7 +66,7 @@ METER_DISPLAY_NAMES: Mapping[EventType, str] = {
 
 SNAPSHOT_WEBHOOK_PATH = "/webhooks/stripe"
 THIN_WEBHOOK_PATH = "/webhooks/stripe/thin"
-# The snapshot events Meterline handles (DESIGN, "Webhooks").
+# The snapshot events Meterline handles (docs/design.md, "Webhooks").
 SNAPSHOT_EVENTS: tuple[str, ...] = (
     "customer.subscription.created",
     "customer.subscription.updated",

@@ -4,7 +4,7 @@ The subscription names its company in `metadata.company_id`, or its customer is 
 a customer belongs to one company and is never relinked. The company's tier follows its current
 subscription's base price (`tier_<name>` lookup key) while that subscription is live, and is
 free otherwise. Free -> paid releases the month's earlier local events, to be sent stamped at
-the subscription's start, and prices that month by the paid tier (DESIGN, plan changes).
+the subscription's start, and prices that month by the paid tier (docs/design.md, plan changes).
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def tier_of(prices: Sequence[PriceRef]) -> Tier | None:
 
 
 def missing_prices(tier: Tier, prices: Sequence[PriceRef]) -> list[str]:
-    """Lookup keys of the tier's prices the subscription lacks (DESIGN: a complete subscription
+    """Lookup keys of the tier's prices the subscription lacks (the design: a complete subscription
     has the base price and the metered price of every event type)."""
     have = {price_role(p) for p in prices}
     missing = [] if (tier, None) in have else [base_price_lookup_key(tier)]
@@ -143,7 +143,7 @@ async def apply_subscription(
             f"(metadata.company_id) and the customer is linked to none"
         )
         return await _refuse(Flag.NO_COMPANY, state.id, message, None, now)
-    await companies.get_or_create(company_id)
+    await companies.get_or_create(company_id, now=now)
     company = await companies.lock(company_id)
     assert company is not None
     if company.stripe_customer_id not in (None, state.customer):
@@ -268,7 +268,7 @@ async def _make_current(company: Company, becoming: Becoming, now: datetime) -> 
     )
     this_month = month_of(now)
     if stamped_from is not None:
-        # The current month only (DESIGN): a closed month is invoiced already.
+        # The current month only (docs/design.md): a closed month is invoiced already.
         month = max(month_of(stamped_from), this_month)
         repriced = await usage.reprice_rollups(company.id, month)
         released = await usage.release_local_events(company.id, month)

@@ -266,7 +266,7 @@ async def record_usage(
             return replay
         raise
     async with sql.pinned():  # one pooled connection for the request's two or three statements
-        company = await companies.get_or_create(company_id)
+        company = await companies.get_or_create(company_id, now=now)
         if company.dunning.status(now) is BillingStatus.RESTRICTED:
             return await retried() or PaymentRequired(
                 grace_ended_at=company.dunning.grace_ends_at or now
@@ -305,7 +305,7 @@ async def _replay(
     company_id: uuid.UUID, key: str, fingerprint: str, occurred_at_given: datetime | None
 ) -> Recorded | None:
     """The first event recorded with `key`, if any; IdempotencyKeyReused if the payload differs.
-    DESIGN: event type, quantity and metadata are compared, occurredAt only when given."""
+    docs/design.md: event type, quantity and metadata are compared, occurredAt only when given."""
     record = await usage.find_idempotency_key(company_id, key)
     if record is None:
         return None
@@ -359,7 +359,7 @@ def _same_payload(
     original_fingerprint: str,
     original_at: datetime | None,
 ) -> bool:
-    """DESIGN: event type, quantity and metadata are compared, occurredAt only when given."""
+    """the design: event type, quantity and metadata are compared, occurredAt only when given."""
     return fingerprint == original_fingerprint and (given is None or given == original_at)
 
 
@@ -441,7 +441,7 @@ async def record_usage_batch(
                 occurred[i.index] = _billable_occurred_at(i.given, now, late_grace_hours)
             except BadUserInput as exc:
                 raise BadUserInput(f"events[{i.index}]: {exc}") from exc
-        company = await companies.get_or_create(company_id)
+        company = await companies.get_or_create(company_id, now=now)
         if company.dunning.status(now) is BillingStatus.RESTRICTED:
             return PaymentRequired(grace_ended_at=company.dunning.grace_ends_at or now)
         sync_state = "pending" if company.bills_usage else "local_only"
@@ -523,9 +523,9 @@ def _batch_answer(
 # --- reads ----------------------------------------------------------------------------------
 
 
-async def company(company_id: uuid.UUID) -> Company:
+async def company(company_id: uuid.UUID, now: datetime) -> Company:
     """The caller's company; the first request that names it creates it on the free tier."""
-    return await companies.get_or_create(company_id)
+    return await companies.get_or_create(company_id, now=now)
 
 
 def _statement(event_type: EventType, total: usage.Rollup) -> MeterStatement:

@@ -18,8 +18,10 @@ from typing import Any
 
 from meterline.db import companies, webhook_events
 from meterline.db.engine import DB
+from meterline.db.sql import is_database_busy
 from meterline.db.stripe_reads import next_read_seq
 from meterline.db.webhook_events import StoredWebhookEvent
+from meterline.metrics import DATABASE_BUSY
 from meterline.services.backfill import assumed_failure
 from meterline.services.invoices import apply_invoice
 from meterline.services.meter_errors import record_meter_errors
@@ -89,6 +91,7 @@ class WebhookProcessor:
             created=created,
             payload=dict(payload),
             status="received" if event_type in HANDLED_EVENTS else "ignored",
+            received_at=self.clock(),
         )
         if stored.status in ("applied", "ignored"):
             return Received(event_id, stored.status, duplicate=not new)
@@ -96,6 +99,9 @@ class WebhookProcessor:
             status, duplicate = await self._apply(stored, force=False)
         except Exception as exc:
             expected = isinstance(exc, StripeReadFailed | StripeNotConfigured)
+            if is_database_busy(exc):  # Stripe delivers it again; counted for /metrics
+                DATABASE_BUSY.labels("webhook").inc()
+                expected = True
             error = f"{type(exc).__name__}: {exc}"
             if expected:  # Stripe will deliver it again
                 logger.warning("Stripe event %s (%s) not applied: %s", event_id, event_type, error)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import stripe
 from stripe._base_address import BaseAddresses
 
@@ -13,6 +15,44 @@ REQUEST_TIMEOUT_SECONDS = 20.0
 
 class StripeNotConfigured(RuntimeError):
     """STRIPE_SECRET_KEY is unset: usage is recorded locally and nothing is sent."""
+
+
+@dataclass(frozen=True)
+class StripeRejection:
+    """Stripe answered and refused the request (a 4xx other than 429): asking again unchanged
+    gets the same answer, so it is not "unavailable". What an operator needs to act on it,
+    without Stripe's free text (which names object ids): the status, Stripe's error code, the
+    parameter it refused, and its request id (Stripe's dashboard finds the request by it)."""
+
+    status: int
+    code: str | None
+    param: str | None
+    request_id: str | None
+
+    def describe(self) -> str:
+        parts = [f"HTTP {self.status}"]
+        if self.code:
+            parts.append(self.code)
+        if self.param:
+            parts.append(f"parameter {self.param}")
+        if self.request_id:
+            parts.append(f"request {self.request_id}")
+        return ", ".join(parts)
+
+
+def rejection_of(exc: stripe.StripeError) -> StripeRejection | None:
+    """The rejection in a Stripe error; None when Stripe may answer otherwise later (network
+    failures, timeouts, 429, 5xx)."""
+    status = exc.http_status or 0
+    if not 400 <= status < 500 or status == 429:
+        return None
+    param = getattr(exc, "param", None)
+    return StripeRejection(
+        status=status,
+        code=str(exc.code) if exc.code else None,
+        param=str(param) if param else None,
+        request_id=exc.request_id,
+    )
 
 
 def make_client(

@@ -15,7 +15,12 @@ from typing import Any
 import stripe
 
 from meterline.config import Settings
-from meterline.stripe_gateway.client import close_client, make_client
+from meterline.stripe_gateway.client import (
+    StripeRejection,
+    close_client,
+    make_client,
+    rejection_of,
+)
 
 # Stripe's answer when a subscription will not invoice again (cancelled, ended).
 NO_UPCOMING_INVOICE = "invoice_upcoming_none"
@@ -56,12 +61,16 @@ class InvoicePreview:
 
 
 class PreviewFailed(Exception):
-    """Stripe did not give a preview: unreachable, timed out, 5xx, 429, or refused it.
-    `transient` says whether asking again later may succeed."""
+    """Stripe did not give a preview: unreachable, timed out, 5xx, 429, refused it
+    (`rejection`), or answered something unreadable. `transient` says whether asking again
+    later may succeed."""
 
-    def __init__(self, message: str, *, transient: bool) -> None:
+    def __init__(
+        self, message: str, *, transient: bool, rejection: StripeRejection | None = None
+    ) -> None:
         super().__init__(message)
         self.transient = transient
+        self.rejection = rejection
 
 
 def _timestamp(seconds: int) -> datetime:
@@ -129,12 +138,12 @@ async def preview_upcoming_invoice(
     except stripe.InvalidRequestError as exc:
         if exc.code == NO_UPCOMING_INVOICE:
             return None
-        raise PreviewFailed(_describe(exc), transient=False) from exc
-    except (stripe.RateLimitError, stripe.APIConnectionError) as exc:
-        raise PreviewFailed(_describe(exc), transient=True) from exc
+        raise PreviewFailed(_describe(exc), transient=False, rejection=rejection_of(exc)) from exc
     except stripe.StripeError as exc:
-        status = exc.http_status or 0
-        raise PreviewFailed(_describe(exc), transient=status >= 500 or status == 0) from exc
+        rejection = rejection_of(exc)
+        raise PreviewFailed(
+            _describe(exc), transient=rejection is None, rejection=rejection
+        ) from exc
     finally:
         await close_client(client)
     try:

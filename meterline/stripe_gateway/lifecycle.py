@@ -1,6 +1,6 @@
 """The subscription lifecycle's Stripe calls: Checkout, schedules, cancellation, the portal.
 
-Plan changes take effect on the 1st (DESIGN): a change is a subscription schedule whose next
+Plan changes take effect on the 1st (docs/design.md): a change is a subscription schedule whose next
 phase, starting at the current period's end (the 1st), carries the new tier's prices; a
 cancellation is `cancel_at_period_end`. Only the customer and the checkout session carry
 idempotency keys (a retry must find the same one); a schedule update is a new request each
@@ -17,21 +17,22 @@ from typing import Any
 import stripe
 
 from meterline.stripe_gateway.catalog import StripeCatalog
+from meterline.stripe_gateway.client import StripeRejection, rejection_of
 
 
 class LifecycleFailed(Exception):
-    """Stripe did not do it: unreachable, 5xx, 429, or refused (`refused` says which)."""
+    """Stripe did not do it: unreachable, 5xx, 429, or refused (`rejection` says so)."""
 
-    def __init__(self, message: str, *, refused: bool) -> None:
+    def __init__(self, message: str, *, rejection: StripeRejection | None) -> None:
         super().__init__(message)
-        self.refused = refused
+        self.rejection = rejection
 
 
 def _failed(exc: stripe.StripeError) -> LifecycleFailed:
     status = exc.http_status or 0
-    refused = 400 <= status < 500 and status != 429
     return LifecycleFailed(
-        f"{type(exc).__name__} ({status}): {exc.user_message or exc}", refused=refused
+        f"{type(exc).__name__} ({status}): {exc.user_message or exc}",
+        rejection=rejection_of(exc),
     )
 
 

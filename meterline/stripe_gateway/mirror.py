@@ -1,7 +1,7 @@
 """Reading the objects Stripe's webhooks are about: subscriptions, invoices, thin events.
 
 Webhook handlers never trust an event's snapshot: they re-read the object here and apply its
-current state, so the order of deliveries does not matter (DESIGN, webhooks). What comes back
+current state, so the order of deliveries does not matter (the design, webhooks). What comes back
 are plain values; no Stripe object leaves the gateway.
 """
 
@@ -89,7 +89,7 @@ class SampleError:
 class MeterErrorEvent:
     id: str
     type: str
-    created: datetime
+    created: datetime | None  # Stripe's; when it reached Meterline is the app's clock
     meter_id: str | None
     summary: str | None
     error_count: int
@@ -233,7 +233,7 @@ def meter_error_event(event: Any) -> MeterErrorEvent:
     return MeterErrorEvent(
         id=str(event.id),
         type=str(event.type),
-        created=iso_time(event.created) or datetime.now(UTC),
+        created=iso_time(event.created),
         meter_id=optional(related, "id"),
         summary=optional(data, "developer_message_summary"),
         error_count=int(optional(reason, "error_count") or 0),
