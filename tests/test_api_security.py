@@ -70,8 +70,14 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def current_month() -> str:
-    return datetime.now(UTC).date().replace(day=1).isoformat()
+def current_months() -> set[str]:
+    """The month the app answered with, read on the real clock just after it answered: this
+    month, or the last one when the request ran just before midnight of a 1st."""
+    now = datetime.now(UTC)
+    return {
+        (now - ago).date().replace(day=1).isoformat()
+        for ago in (timedelta(minutes=1), timedelta(0))
+    }
 
 
 # ------------------------------------------------------------------------------ token helpers
@@ -570,10 +576,10 @@ def assert_read_answered(field: str, data: dict[str, Any]) -> None:
         assert value["tier"] == "FREE" and value["exceeded"] is False
         assert [m["used"] for m in value["meters"]] == [0] * 5
     elif field == "monthlySummary":
-        assert value["month"] == current_month()
+        assert value["month"] in current_months()
         assert value["totalOverageCost"] == {"amount": "0.00"}
     elif field == "usageHistory":
-        assert [m["month"] for m in value] == [current_month()]
+        assert len(value) == 1 and value[0]["month"] in current_months()
     else:
         assert value == {"edges": [], "pageInfo": {"hasNextPage": False}}
 
@@ -633,7 +639,7 @@ async def test_staff_reads_monthly_summary_alongside_other_fields(api: Api) -> N
     data = await api.new_company().data(
         "{ monthlySummary { month } currentUsage { used } __typename }", role="staff"
     )
-    assert data["monthlySummary"] == {"month": current_month()}
+    assert data["monthlySummary"]["month"] in current_months()
     assert [m["used"] for m in data["currentUsage"]] == [0] * 5
     assert data["__typename"] == "Query"
 
@@ -674,7 +680,7 @@ async def test_tenants_see_only_their_own_usage(api: Api) -> None:
     summary = (
         await b.data("{ monthlySummary { month meters { used } totalOverageCost { amount } } }")
     )["monthlySummary"]
-    assert summary["month"] == current_month()
+    assert summary["month"] in current_months()
     assert {m["used"] for m in summary["meters"]} == {0}
     history = (await b.data("{ usageHistory(months: 24) { meters { used } } }"))["usageHistory"]
     assert history and all(m["used"] == 0 for month in history for m in month["meters"])
@@ -684,7 +690,7 @@ async def test_tenants_see_only_their_own_usage(api: Api) -> None:
     filtered = await b.data(
         "query($month: String) { usageEvents(eventType: GUEST_INVITATION, month: $month)"
         " { edges { node { id } } } }",
-        {"month": current_month()[:7]},
+        {"month": summary["month"][:7]},
     )
     assert filtered["usageEvents"]["edges"] == []
 
