@@ -59,13 +59,16 @@ def _moment(text: str) -> datetime:
 
 def _clock_use(args: argparse.Namespace) -> str:
     """What a command does with the time: "none" (it never reads the clock, or must read the
-    machine's: the server, tokens), "read" (shows state as of a moment) or "write" (records it)."""
+    machine's: the server, tokens), "read" (shows our state as of a moment), or "write" (it
+    records the moment as now, or sets it beside Stripe's present: development only)."""
     command, action = args.command, getattr(args, "action", None)
     if command in ("serve", "token", "migrate", "schema", "setup-stripe"):
         return "none"
+    sync_acts = bool(getattr(args, "resolve", None) or getattr(args, "redrive", None))
     reads = {
-        "company": action in ("list", "show", "drift"),
-        "sync-usage": bool(getattr(args, "status", False)),
+        # `company drift` is not here: it compares the month with Stripe's preview of now.
+        "company": action in ("list", "show"),
+        "sync-usage": bool(getattr(args, "status", False)) and not sync_acts,
         "webhooks": action == "list",
         "stripe": action == "flags" and not getattr(args, "resolve", None),
     }
@@ -90,9 +93,9 @@ def _command_clock(args: argparse.Namespace) -> Clock:
         )
     if use == "write" and not _settings().is_development:
         raise SystemExit(
-            f"meterline: --as-of is refused in production for `{name}`, which writes: it would "
-            "record that moment as now. Read-only commands (company list|show|drift, "
-            "sync-usage --status, webhooks list, stripe flags) accept it."
+            f"meterline: --as-of is refused in production for `{name}`: it would record that "
+            "moment as now (or set it beside Stripe's present). Read-only commands (company "
+            "list|show, sync-usage --status, webhooks list, stripe flags) accept it."
         )
     return lambda: as_of
 
@@ -727,13 +730,17 @@ def build_parser() -> argparse.ArgumentParser:
     company.set_defaults(func=cmd_company)
 
     sync = commands.add_parser("sync-usage", help="send pending usage to Stripe (one run)")
-    sync.add_argument("--status", action="store_true", help="what did not sync, and why")
-    sync.add_argument("--redrive", metavar="BATCH", help="re-send a failed batch's events")
+    # One thing at a time: a look (--status) never carries a change along.
+    sync_mode = sync.add_mutually_exclusive_group()
+    sync_mode.add_argument("--status", action="store_true", help="what did not sync, and why")
+    sync_mode.add_argument("--redrive", metavar="BATCH", help="re-send a failed batch's events")
     sync.add_argument("--budget", type=int, metavar="SECONDS", help="time budget of the run")
     sync.add_argument(
         "--company", metavar="ID", help="only this company's usage (a run, or --status)"
     )
-    sync.add_argument("--resolve", metavar="BATCH", help="settle an unknown batch (with one of:)")
+    sync_mode.add_argument(
+        "--resolve", metavar="BATCH", help="settle an unknown batch (with one of:)"
+    )
     sync.add_argument("--delivered", action="store_true", help="Stripe has it: mark it sent")
     sync.add_argument(
         "--not-delivered", action="store_true", help="Stripe does not: send its events again"

@@ -856,10 +856,20 @@ async def test_a_repeated_field_with_one_response_key_runs_once(api: Api) -> Non
     assert (await used_by(api, company.company_id))["GUEST_INVITATION"] == 1
 
 
-async def test_a_recording_beside_other_mutations_and_queries_is_allowed(api: Api) -> None:
+async def test_a_recording_stands_alone_but_for_typename(api: Api) -> None:
+    """A recording beside another mutation is not all or nothing either: a retry of the whole
+    document after the other field failed would record again."""
     company = api.new_company()
     data = await company.data(f"mutation {{ {_ONE} __typename }}")
     assert data == {"recordUsage": {"__typename": "UsageRecorded"}, "__typename": "Mutation"}
+    beside = await company.gql(
+        f"mutation {{ {_ONE} cancelSubscription {{ __typename }} }}", role="company_admin"
+    )
+    assert beside["data"] is None
+    [error] = beside["errors"]
+    assert error["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+    assert error["message"].startswith("A recording stands alone in its request")
+    assert (await used_by(api, company.company_id))["GUEST_INVITATION"] == 1
 
 
 # A mistake in each place graphql-core would suggest a name: fields, arguments, input fields,

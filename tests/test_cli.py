@@ -242,6 +242,35 @@ def test_as_of_refuses_what_it_cannot_mean(args: list[str], message: str) -> Non
     assert message in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["company", "drift"], "refused in production"),  # beside Stripe's present preview
+        (["sync-usage"], "refused in production"),
+        (["sync-usage", "--redrive", "mlb_00"], "refused in production"),
+        (["sync-usage", "--resolve", "mlb_00", "--delivered"], "refused in production"),
+        (["sync-usage", "--status", "--resolve", "mlb_00", "--delivered"], "not allowed with"),
+        (["sync-usage", "--stat", "--redrive", "mlb_00"], "not allowed with"),
+        (["webhooks", "prune"], "refused in production"),
+        (["webhooks", "replay", "--failed"], "refused in production"),
+        (["stripe", "flags", "--resolve", str(uuid.uuid4())], "refused in production"),
+        (["stripe", "backfill"], "refused in production"),
+        (["demo"], "refused in production"),
+    ],
+)
+def test_as_of_never_dates_a_write_in_production(args: list[str], message: str) -> None:
+    """Production: a command that writes (or one that mixes with Stripe's present) cannot be
+    run at another moment, however its options are combined."""
+    result = meterline(
+        "--as-of",
+        "2020-01-01T00:00:00Z",
+        *args,
+        env={"DATABASE_URL": "postgresql://nowhere.invalid/x"},  # refused before connecting
+    )
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
 async def test_a_command_run_on_another_clock_than_the_tests_is_refused(
     database_url: str,
 ) -> None:

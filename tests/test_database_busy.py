@@ -17,6 +17,8 @@ from meterline.billing.catalog import Tier
 from meterline.db import companies, engine
 from tests.conftest import Api, Clock, base_settings, client_for, rollup_matches_events
 from tests.stripe_double import StripeDouble
+from tests.test_lifecycle import CHANGE, call, checked_out, limits, result
+from tests.webhook_support import StripeWorld
 
 TIMEOUT_MS = 300
 RECORD = """mutation($input: RecordUsageInput!) { recordUsage(input: $input) { __typename
@@ -134,3 +136,36 @@ async def test_a_route_outside_graphql_answers_503_database_busy(
         assert response.headers["retry-after"] == "1"
         assert response.json()["code"] == "DATABASE_BUSY"
         assert await busy_count(client, "http") == before + 1
+
+
+async def test_a_change_stripe_accepted_is_said_so_when_the_database_is_busy(
+    world: StripeWorld, database_url: str, short_statement_timeout: None
+) -> None:
+    """Stripe is called first: when the local record of what it accepted waits past the
+    timeout, the answer says Stripe has the change and that the same request records it, and
+    the same request does, without a second change in Stripe."""
+    company_id, subscription = await checked_out(world)
+    before = await busy_count(world.client, "graphql")
+    holder = await asyncpg.connect(database_url)
+    try:
+        transaction = holder.transaction()
+        await transaction.start()  # as a webhook applying this subscription holds its row
+        await holder.execute("SELECT 1 FROM subscriptions WHERE id = $1 FOR UPDATE", subscription)
+        body = await call(world, company_id, CHANGE, tier="PROFESSIONAL")
+        await transaction.rollback()
+    finally:
+        await holder.close()
+    [error] = body["errors"]
+    assert error["extensions"]["code"] == "DATABASE_BUSY"
+    assert error["message"].startswith("Stripe scheduled professional from 2026-12-01")
+    assert "Send the same request again" in error["message"]
+    assert await busy_count(world.client, "graphql") == before + 1
+    schedule_id = world.double.get_object(subscription)["schedule"]
+    assert schedule_id is not None  # Stripe has it
+
+    again = await result(world, company_id, CHANGE, tier="PROFESSIONAL")
+    assert again["__typename"] == "TierChangeScheduled"
+    assert (await limits(world, company_id))["scheduledTier"] == "PROFESSIONAL"
+    assert world.double.get_object(subscription)["schedule"] == schedule_id  # the same one
+    phases = world.double.get_object(schedule_id)["phases"]
+    assert {i["price"] for i in phases[-1]["items"]} == set(world.tier_prices(Tier.PROFESSIONAL))

@@ -378,3 +378,34 @@ def test_minor_units_become_major_units(minor: int, currency: str, major: str) -
     amount = to_major_units(minor, currency)
     assert amount == Decimal(major)
     assert str(amount) == major
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "rejected"),
+    [
+        (400, {}, True),
+        (404, {}, True),
+        (401, {}, True),  # our key: an operator must fix it
+        (429, {}, False),
+        (409, {}, False),  # idempotency_key_in_use: a concurrent request with the same key
+        (500, {}, False),
+        (None, {}, False),  # no answer at all
+        (400, {"Stripe-Should-Retry": "true"}, False),  # Stripe's own verdict wins
+        (409, {"Stripe-Should-Retry": "false"}, True),
+        (503, {"stripe-should-retry": "false"}, False),  # a 5xx is never "rejected"
+    ],
+)
+def test_what_counts_as_a_rejection(
+    status: int | None, headers: dict[str, str], rejected: bool
+) -> None:
+    import stripe
+
+    from meterline.stripe_gateway.client import rejection_of
+
+    error = stripe.InvalidRequestError(
+        "refused", "subscription", code="some_code", http_status=status, headers=headers
+    )
+    found = rejection_of(error)
+    assert (found is not None) is rejected
+    if found is not None:
+        assert (found.status, found.code, found.param) == (status, "some_code", "subscription")

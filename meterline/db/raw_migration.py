@@ -11,10 +11,18 @@ from meterline.db.engine import DB
 
 
 def sql_migration(
-    migration_id: str, description: str, statements: Sequence[str]
+    migration_id: str,
+    description: str,
+    statements: Sequence[str],
+    *,
+    in_transaction: bool = True,
 ) -> MigrationManager:
+    """`in_transaction=False` runs each statement on its own (CREATE INDEX CONCURRENTLY must)."""
     manager = MigrationManager(
-        migration_id=migration_id, app_name="meterline", description=description
+        migration_id=migration_id,
+        app_name="meterline",
+        description=description,
+        wrap_in_transaction=in_transaction,
     )
 
     async def run() -> None:

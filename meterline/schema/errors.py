@@ -73,11 +73,15 @@ def with_codes(
 ) -> list[GraphQLError]:
     """Adds `extensions.code` to every error; unexpected ones are replaced by a masked error
     (their details are in the log, under the `requestId` the masked error carries). With
-    `hide_suggestions`, no message names a field, argument, type or value it was not asked."""
+    `hide_suggestions`, graphql-core's "Did you mean ...?" guesses are cut from every message;
+    what a message says of the request itself (its own fields, the types they take, a required
+    argument it left out) stays: that is schema.graphql's public contract, not a guess."""
     processed = []
     for error in errors:
         if hide_suggestions:
             error = _without_suggestion(error)
+        if isinstance(error.original_error, DatabaseBusy):  # says itself what happened
+            DATABASE_BUSY.labels("graphql").inc()
         if is_database_busy(error.original_error):
             # Retryable, and nothing about it is secret; counted for /metrics.
             DATABASE_BUSY.labels("graphql").inc()

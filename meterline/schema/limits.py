@@ -3,11 +3,13 @@
 - Operation depth, counting every field, introspection included: Strawberry's QueryDepthLimiter
   skips `__`-prefixed fields, and in this schema introspection is the only way to nest deeply,
   so its limit would never bite.
-- One recording field per operation: recordUsageBatch holds at most 1,000 events, but aliases
-  would let one request repeat it (30 aliases over one `$events` variable: 30,000 events), and
-  mutation fields run one after the other, each in its own transaction, so a document with two
-  recordings is not all-or-nothing. A request records through one field: recordUsage (1 event)
-  or recordUsageBatch (up to 1,000).
+- A recording stands alone: recordUsageBatch holds at most 1,000 events, but aliases would let
+  one request repeat it (30 aliases over one `$events` variable: 30,000 events), and mutation
+  fields run one after the other, each in its own transaction, so a document with two
+  recordings, or a recording and another mutation, is not all-or-nothing (a retry of the whole
+  document after the other field failed would record again). A request records through one
+  field, recordUsage (1 event) or recordUsageBatch (up to 1,000), with only `__typename`
+  beside it.
 """
 
 from __future__ import annotations
@@ -83,18 +85,24 @@ class OneRecordingFieldRule(ValidationRule):
             for d in self.context.document.definitions
             if isinstance(d, FragmentDefinitionNode)
         }
+        fields = _root_fields(node.selection_set, fragments)
         # Fields with one response key run once (GraphQL merges them): count the keys.
-        keys = {
-            (field.alias or field.name).value
-            for field in _root_fields(node.selection_set, fragments)
-            if field.name.value in RECORDING_FIELDS
-        }
+        keys = {(f.alias or f.name).value for f in fields if f.name.value in RECORDING_FIELDS}
+        others = {f.name.value for f in fields} - {*RECORDING_FIELDS, "__typename"}
         if len(keys) > 1:
             self.report_error(
                 GraphQLError(
                     f"A request records through one field, recordUsage (1 event) or "
                     f"recordUsageBatch (up to 1,000 events); this one has {len(keys)} "
                     f"({', '.join(sorted(keys))}). Send the events as one batch.",
+                    [node],
+                )
+            )
+        elif keys and others:
+            self.report_error(
+                GraphQLError(
+                    f"A recording stands alone in its request: send "
+                    f"{', '.join(sorted(others))} in a request of its own.",
                     [node],
                 )
             )

@@ -9,8 +9,9 @@ then confirm it (they re-read the subscription)."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -21,8 +22,15 @@ from meterline.billing.periods import month_end, month_of
 from meterline.config import Settings
 from meterline.db import companies, subscriptions
 from meterline.db.companies import Company
+from meterline.db.engine import DB
+from meterline.db.sql import is_database_busy
 from meterline.db.subscriptions import SubscriptionMirror
-from meterline.services.errors import BadUserInput, StripeRequestRejected, StripeUnavailable
+from meterline.services.errors import (
+    BadUserInput,
+    DatabaseBusy,
+    StripeRequestRejected,
+    StripeUnavailable,
+)
 from meterline.services.stripe_setup import base_price_lookup_key, metered_price_lookup_key
 from meterline.services.subscriptions import LIVE_STATUSES
 from meterline.stripe_gateway.lifecycle import LifecycleFailed, PlanPrice, StripeLifecycle
@@ -108,6 +116,28 @@ async def _plan_prices(lifecycle: StripeLifecycle, tier: Tier) -> list[PlanPrice
     return [found[k] for k in keys]
 
 
+async def _record(what: str, *writes: Callable[[], Awaitable[object]]) -> None:
+    """Stripe accepted `what`: write it here, in one transaction. A database too busy to
+    answer gets one more try; then the caller hears DATABASE_BUSY saying that Stripe has it, and
+    that the same request again records it (Stripe is left as it is: each of these calls,
+    repeated, changes nothing more there)."""
+    for attempt in (1, 2):
+        try:
+            async with DB.transaction():
+                for write in writes:
+                    await write()
+            return
+        except Exception as exc:
+            if not is_database_busy(exc):
+                raise
+            if attempt == 2:
+                raise DatabaseBusy(
+                    f"Stripe {what}, but the database was too busy to record it here. Send the "
+                    "same request again: Stripe changes nothing more, and Meterline records it."
+                ) from exc
+            logger.warning("database busy recording what Stripe accepted (%s): %s", what, exc)
+
+
 async def _stripe(call: Awaitable[T]) -> T:
     try:
         return await call
@@ -172,8 +202,11 @@ async def start_checkout(
             success_url=settings.checkout_success_url,
             cancel_url=settings.checkout_cancel_url,
             expires_at=expires_at,
-            # The same click retried (or clicked twice) within the hour: one session.
-            idempotency_key=f"meterline-checkout-{company.id}-{tier.value}-{now:%Y%m%d%H}",
+            # The same click retried (or clicked twice) within the hour sends the same
+            # parameters (the window is fixed within the hour) under the same key: one session.
+            # Other parameters (prices moved by setup-stripe, another anchor) make another key:
+            # Stripe refuses a key reused with different parameters.
+            idempotency_key=_checkout_key(company, tier, prices, customer, anchor, expires_at),
         )
     )
     return CheckoutStarted(session.url, session.id, session.expires_at)
@@ -187,11 +220,28 @@ SESSION_MAX = timedelta(hours=24)
 def checkout_window(now: datetime) -> tuple[datetime, datetime]:
     """The billing anchor (the next 1st 00:00 UTC) and when the session expires: before the
     anchor, so a late payment never starts a period that already ended. In a month's last
-    half hour the anchor is the 1st after (a longer prorated first period)."""
+    35 minutes the anchor is the 1st after (a longer prorated first period). The expiry is
+    counted from the start of the hour, so every click of that hour asks for the same one."""
     anchor = next_first(now)
     if anchor - now <= SESSION_MIN + timedelta(minutes=5):
         anchor = month_end(month_of(anchor))
-    return anchor, min(now + SESSION_MAX, anchor - timedelta(minutes=5))
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    return anchor, min(hour + SESSION_MAX, anchor - timedelta(minutes=5))
+
+
+def _checkout_key(
+    company: Company,
+    tier: Tier,
+    prices: list[PlanPrice],
+    customer: str,
+    anchor: datetime,
+    expires_at: datetime,
+) -> str:
+    parameters = "|".join(
+        [customer, anchor.isoformat(), expires_at.isoformat(), *(p.id for p in prices)]
+    )
+    digest = hashlib.sha256(parameters.encode()).hexdigest()[:20]
+    return f"meterline-checkout-{company.id}-{tier.value}-{digest}"
 
 
 async def _customer_of(company: Company, lifecycle: StripeLifecycle) -> str:
@@ -222,11 +272,17 @@ async def change_tier(
     if tier is company.tier:  # the current tier again: whatever was pending is withdrawn
         if schedule is not None:
             await _stripe(lifecycle.release_schedule(schedule))
-            await companies.set_scheduled_tier(company.id, None)  # gone in Stripe already
+            await _record(  # gone in Stripe already
+                "released the pending change",
+                lambda: companies.set_scheduled_tier(company.id, None),
+            )
         if current.cancel_at_period_end:
             await _stripe(lifecycle.set_cancel_at_period_end(current.id, False))
-            await subscriptions.set_cancel_at_period_end(current.id, False)
-        await companies.set_scheduled_tier(company.id, None)
+            await _record(
+                "withdrew the cancellation",
+                lambda: subscriptions.set_cancel_at_period_end(current.id, False),
+            )
+        await _record("has nothing pending", lambda: companies.set_scheduled_tier(company.id, None))
         return TierChangeCanceled(tier, f"{tier.value} stays; nothing changes on the 1st.")
     prices = await _plan_prices(lifecycle, tier)
     if isinstance(prices, StripeNotReady):
@@ -236,8 +292,11 @@ async def change_tier(
     # cancellation (its end is then "release": the subscription goes on at the new tier), so
     # a failure before it leaves the cancellation standing, never a half-lifted one.
     await _stripe(lifecycle.schedule_prices(current.id, schedule, prices))
-    await subscriptions.set_cancel_at_period_end(current.id, False)
-    await companies.set_scheduled_tier(company.id, tier)
+    await _record(
+        f"scheduled {tier.value} from {effective_at:%Y-%m-%d}",
+        lambda: subscriptions.set_cancel_at_period_end(current.id, False),
+        lambda: companies.set_scheduled_tier(company.id, tier),
+    )
     return TierChangeScheduled(tier, effective_at)
 
 
@@ -250,11 +309,16 @@ async def cancel_subscription(
     schedule = await _stripe(lifecycle.subscription_schedule(current.id))
     if schedule is not None:  # Stripe cancels a scheduled subscription only once released
         await _stripe(lifecycle.release_schedule(schedule))
-        await companies.set_scheduled_tier(company.id, None)  # the change is gone in Stripe
+        await _record(  # the change is gone in Stripe
+            "released the pending change", lambda: companies.set_scheduled_tier(company.id, None)
+        )
     await _stripe(lifecycle.set_cancel_at_period_end(current.id, True))
-    await subscriptions.set_cancel_at_period_end(current.id, True)
-    await companies.set_scheduled_tier(company.id, None)
     effective_at = _period_end(current, now)
+    await _record(
+        f"ends the subscription on {effective_at:%Y-%m-%d}",
+        lambda: subscriptions.set_cancel_at_period_end(current.id, True),
+        lambda: companies.set_scheduled_tier(company.id, None),
+    )
     return CancellationScheduled(
         effective_at,
         f"The subscription ends on {effective_at:%Y-%m-%d}; this month's usage is still "
@@ -271,7 +335,10 @@ async def resume_subscription(
     if not current.cancel_at_period_end:
         return NothingToResume("The subscription is not set to end.")
     await _stripe(lifecycle.set_cancel_at_period_end(current.id, False))
-    await subscriptions.set_cancel_at_period_end(current.id, False)
+    await _record(
+        "withdrew the cancellation",
+        lambda: subscriptions.set_cancel_at_period_end(current.id, False),
+    )
     return SubscriptionResumed(company.tier)
 
 

@@ -41,10 +41,16 @@ class StripeRejection:
 
 
 def rejection_of(exc: stripe.StripeError) -> StripeRejection | None:
-    """The rejection in a Stripe error; None when Stripe may answer otherwise later (network
-    failures, timeouts, 429, 5xx)."""
+    """The rejection in a Stripe error; None when Stripe may answer otherwise later: network
+    failures, timeouts, 429, 5xx, 409 (a concurrent request holds the same idempotency key),
+    or any answer whose `Stripe-Should-Retry` header says so. That header, when present, is
+    Stripe's own verdict and wins (the SDK's retry logic reads it the same way)."""
     status = exc.http_status or 0
-    if not 400 <= status < 500 or status == 429:
+    headers = {str(k).lower(): str(v) for k, v in (exc.headers or {}).items()}
+    should_retry = headers.get("stripe-should-retry")
+    if should_retry == "true" or not 400 <= status < 500:
+        return None
+    if should_retry != "false" and status in (409, 429):
         return None
     param = getattr(exc, "param", None)
     return StripeRejection(
