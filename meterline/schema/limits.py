@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from graphql import (
+    DocumentNode,
     FieldNode,
     FragmentDefinitionNode,
     FragmentSpreadNode,
@@ -75,17 +76,16 @@ def _root_fields(
     return found
 
 
+def _fragments(document: DocumentNode) -> dict[str, FragmentDefinitionNode]:
+    return {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
+
+
 RECORDING_FIELDS = ("recordUsage", "recordUsageBatch")
 
 
 class OneRecordingFieldRule(ValidationRule):
     def enter_operation_definition(self, node: OperationDefinitionNode, *_: Any) -> None:
-        fragments = {
-            d.name.value: d
-            for d in self.context.document.definitions
-            if isinstance(d, FragmentDefinitionNode)
-        }
-        fields = _root_fields(node.selection_set, fragments)
+        fields = _root_fields(node.selection_set, _fragments(self.context.document))
         # Fields with one response key run once (GraphQL merges them): count the keys.
         keys = {(f.alias or f.name).value for f in fields if f.name.value in RECORDING_FIELDS}
         others = {f.name.value for f in fields} - {*RECORDING_FIELDS, "__typename"}
@@ -111,11 +111,7 @@ class OneRecordingFieldRule(ValidationRule):
 def max_depth_rule(max_depth: int) -> type[ValidationRule]:
     class MaxDepthRule(ValidationRule):
         def enter_operation_definition(self, node: OperationDefinitionNode, *_: Any) -> None:
-            fragments = {
-                d.name.value: d
-                for d in self.context.document.definitions
-                if isinstance(d, FragmentDefinitionNode)
-            }
+            fragments = _fragments(self.context.document)
             depth = _depth(node.selection_set, fragments, frozenset(), max_depth + 1)
             if depth > max_depth:
                 name = node.name.value if node.name else "anonymous"
