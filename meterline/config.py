@@ -73,6 +73,9 @@ class Settings:
     # Operations
     metrics_token: str | None = None
     late_usage_grace_hours: int = 1
+    # Last month's events are accepted until this long before Stripe's grace ends, so the sync
+    # can still deliver them before the invoice is finalised.
+    late_usage_margin_minutes: int = 15
     host: str = "127.0.0.1"
     port: int = 8000
     db_pool_min_size: int = 1
@@ -118,6 +121,12 @@ class Settings:
         pool_max = _int(env, "DB_POOL_MAX_SIZE", 20, minimum=1)
         if pool_min > pool_max:
             raise ConfigError("DB_POOL_MIN_SIZE must not exceed DB_POOL_MAX_SIZE")
+        grace_hours = _int(env, "LATE_USAGE_GRACE_HOURS", 1)
+        margin = _int(env, "LATE_USAGE_MARGIN_MINUTES", 15)
+        if grace_hours and margin >= grace_hours * 60:
+            raise ConfigError(
+                "LATE_USAGE_MARGIN_MINUTES must be shorter than LATE_USAGE_GRACE_HOURS"
+            )
         return cls(
             env=raw_env,  # type: ignore[arg-type]
             database_url=_opt(env, "DATABASE_URL"),
@@ -147,7 +156,8 @@ class Settings:
                 env, "WEBHOOK_EVENT_RETENTION_DAYS", 90, minimum=MIN_WEBHOOK_EVENT_RETENTION_DAYS
             ),
             metrics_token=_opt(env, "METRICS_TOKEN"),
-            late_usage_grace_hours=_int(env, "LATE_USAGE_GRACE_HOURS", 1),
+            late_usage_grace_hours=grace_hours,
+            late_usage_margin_minutes=margin,
             host=_opt(env, "HOST") or "127.0.0.1",
             port=_int(env, "PORT", 8000, minimum=1),
             db_pool_min_size=pool_min,

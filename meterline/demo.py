@@ -9,6 +9,7 @@ from meterline.billing.catalog import EventType, Tier
 from meterline.billing.periods import month_of, month_start
 from meterline.db import companies
 from meterline.services import usage
+from meterline.services.plan_history import set_tier_by_operator
 
 DEMO_COMPANY_ID = uuid.uuid5(uuid.NAMESPACE_DNS, "demo.weddingflow.pro")
 
@@ -26,8 +27,7 @@ async def seed_demo(now: datetime, *, late_grace_hours: int) -> bool:
     """Create the demo company with this month's usage. False when it already exists."""
     if await companies.get(DEMO_COMPANY_ID) is not None:
         return False
-    await companies.get_or_create(DEMO_COMPANY_ID, now=now)
-    await companies.set_tier(DEMO_COMPANY_ID, Tier.STARTER)
+    await set_tier_by_operator(DEMO_COMPANY_ID, Tier.STARTER, now=now)
     start = month_start(month_of(now))
     for index, (event_type, quantity) in enumerate(DEMO_USAGE):
         # Spread over the month so far, in two events each, with idempotency keys so a rerun

@@ -16,6 +16,7 @@ from meterline.app import create_app
 from meterline.billing.catalog import Tier
 from meterline.db import companies, engine
 from tests.conftest import Api, Clock, base_settings, client_for, rollup_matches_events
+from tests.plans import put_on_tier
 from tests.stripe_double import StripeDouble
 from tests.test_lifecycle import CHANGE, call, checked_out, limits, result
 from tests.webhook_support import StripeWorld
@@ -55,7 +56,7 @@ async def test_a_lock_held_past_the_timeout_is_database_busy_and_a_retry_records
     api: Api, database_url: str, short_statement_timeout: None
 ) -> None:
     await companies.get_or_create(api.company_id, now=api.clock())
-    await companies.set_tier(api.company_id, Tier.STARTER)
+    await put_on_tier(api.company_id, Tier.STARTER, now=api.clock())
     first = await record(api, "first")
     assert first["data"]["recordUsage"]["usage"]["used"] == 2
     before = await busy_count(api.client, "graphql")

@@ -10,6 +10,7 @@ import pytest
 from meterline.billing.catalog import Tier
 from meterline.db import companies
 from tests.conftest import Api
+from tests.plans import put_on_tier
 from tests.test_record_usage import error_code, recorded
 
 METER_FIELDS = """eventType used included remaining percentUsed exceeded overageQuantity
@@ -20,7 +21,7 @@ NOV_20 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 async def starter_company(api: Api) -> None:
     await companies.get_or_create(api.company_id, now=api.clock())
-    await companies.set_tier(api.company_id, Tier.STARTER)
+    await put_on_tier(api.company_id, Tier.STARTER, now=api.clock())
 
 
 def by_type(meters: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -76,7 +77,7 @@ async def test_current_usage_for_a_starter_company_over_two_allowances(api: Api)
 
 async def test_enterprise_is_unlimited(api: Api) -> None:
     await companies.get_or_create(api.company_id, now=api.clock())
-    await companies.set_tier(api.company_id, Tier.ENTERPRISE)
+    await put_on_tier(api.company_id, Tier.ENTERPRISE, now=api.clock())
     await recorded(api, eventType="AI_QUERY", quantity=99_999)
     m = by_type((await api.data(f"{{ currentUsage {{ {METER_FIELDS} }} }}"))["currentUsage"])
     assert m["AI_QUERY"] == {

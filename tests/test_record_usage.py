@@ -12,6 +12,7 @@ from meterline.billing.catalog import EventType, Tier
 from meterline.billing.dunning import Dunning
 from meterline.db import companies, sql
 from tests.conftest import Api, rollup_matches_events
+from tests.plans import put_on_tier
 
 RECORD = """mutation($input: RecordUsageInput!) { recordUsage(input: $input) {
   __typename
@@ -51,12 +52,15 @@ async def used(api: Api, event_type: str = "GUEST_INVITATION") -> int:
     return next(m["used"] for m in data["currentUsage"] if m["eventType"] == event_type)
 
 
+NOV_1 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
 # --- the happy path -----------------------------------------------------------------------
 
 
 async def test_record_returns_event_and_priced_usage(api: Api) -> None:
     await companies.get_or_create(api.company_id, now=api.clock())
-    await companies.set_tier(api.company_id, Tier.STARTER)
+    await put_on_tier(api.company_id, Tier.STARTER, now=api.clock())
     result = await recorded(
         api, eventType="SMS_SENT", quantity=1003, idempotencyKey="k1", metadata={"wedding": "w-1"}
     )
@@ -99,7 +103,7 @@ async def test_paid_company_with_stripe_customer_records_pending(api: Api) -> No
     # A free company's usage stays here even with a customer (e.g. after a cancellation): its
     # customer has no metered prices, and a later subscription sends that month at its start.
     assert result["event"]["syncState"] == "LOCAL_ONLY"
-    await companies.set_tier(api.company_id, Tier.STARTER)
+    await put_on_tier(api.company_id, Tier.STARTER, now=api.clock(), billed=True)
     result = await recorded(api)
     assert result["event"]["syncState"] == "PENDING"
 
@@ -139,7 +143,7 @@ async def test_bad_input_is_refused_and_nothing_written(api: Api, fields: dict[s
 
 async def test_quantity_bounds_are_inclusive(api: Api) -> None:
     await companies.get_or_create(api.company_id, now=api.clock())
-    await companies.set_tier(api.company_id, Tier.ENTERPRISE)
+    await put_on_tier(api.company_id, Tier.ENTERPRISE, now=api.clock())
     assert (await recorded(api, quantity=1))["usage"]["used"] == 1
     assert (await recorded(api, quantity=100_000))["usage"]["used"] == 100_001
 
@@ -222,13 +226,16 @@ async def test_session_time_zone_changes_nothing(api: Api) -> None:
 
 
 async def test_late_usage_grace_window(api: Api) -> None:
-    """Last month's events are accepted during the first grace hour of a month, then refused."""
-    api.clock.set(datetime(2026, 12, 1, 0, 59, 59, tzinfo=UTC))
+    """Last month's events are accepted during the first grace hour of a month less the margin
+    the sync needs (LATE_USAGE_MARGIN_MINUTES, 15 by default), then refused."""
+    assert api.settings.late_usage_margin_minutes == 15
+    api.clock.set(datetime(2026, 12, 1, 0, 44, 59, tzinfo=UTC))
     await recorded(api, occurredAt="2026-11-15T10:00:00Z")
-    api.clock.set(datetime(2026, 12, 1, 1, 0, 0, tzinfo=UTC))
-    body = await record(api, occurredAt="2026-11-30T23:59:59Z")
-    assert error_code(body) == "BAD_USER_INPUT"
-    assert "closed period" in body["errors"][0]["message"]
+    for moment in (datetime(2026, 12, 1, 0, 45, tzinfo=UTC), datetime(2026, 12, 1, 1, tzinfo=UTC)):
+        api.clock.set(moment)
+        body = await record(api, occurredAt="2026-11-30T23:59:59Z")
+        assert error_code(body) == "BAD_USER_INPUT"
+        assert "closed period" in body["errors"][0]["message"]
     # two months back is always closed, even inside the grace hour
     api.clock.set(datetime(2026, 12, 1, 0, 10, tzinfo=UTC))
     body = await record(api, occurredAt="2026-10-31T23:59:59Z")
@@ -300,7 +307,7 @@ async def test_refused_event_does_not_burn_its_key(api: Api) -> None:
     """A hard-cap refusal writes nothing, so the same key can record after an upgrade."""
     body = await record(api, eventType="SMS_SENT", quantity=1, idempotencyKey="sms-1")
     assert body["data"]["recordUsage"]["__typename"] == "UsageLimitExceeded"
-    await companies.set_tier(api.company_id, Tier.STARTER)
+    await put_on_tier(api.company_id, Tier.STARTER, now=api.clock())
     result = await recorded(api, eventType="SMS_SENT", quantity=1, idempotencyKey="sms-1")
     assert result["duplicate"] is False
 
@@ -358,7 +365,7 @@ async def test_a_request_larger_than_the_room_left_is_refused_whole(api: Api) ->
 
 async def test_paid_tiers_are_never_blocked_for_volume(api: Api) -> None:
     await companies.get_or_create(api.company_id, now=api.clock())
-    await companies.set_tier(api.company_id, Tier.STARTER)
+    await put_on_tier(api.company_id, Tier.STARTER, now=api.clock())
     result = await recorded(api, quantity=100_000)
     assert result["usage"]["overageQuantity"] == 100_000 - 500
     assert result["usage"]["overageCost"]["amount"] == "9950.00"
@@ -396,7 +403,7 @@ async def test_restricted_company_gets_payment_required_and_can_still_read(api: 
     now = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
     api.clock.set(now)
     await companies.get_or_create(api.company_id, now=api.clock())
-    await companies.set_tier(api.company_id, Tier.STARTER)
+    await put_on_tier(api.company_id, Tier.STARTER, now=api.clock())
     failure = now - timedelta(days=15)
     grace_end = failure + timedelta(days=14)
     await companies.set_dunning(api.company_id, Dunning(failure, grace_end))
@@ -500,13 +507,13 @@ async def test_a_bad_literal_gets_the_code_of_a_bad_variable(api: Api) -> None:
 
 async def test_a_past_month_is_not_repriced_by_a_later_tier(api: Api) -> None:
     await companies.get_or_create(api.company_id, now=api.clock())
-    await companies.set_tier(api.company_id, Tier.STARTER)
+    await put_on_tier(api.company_id, Tier.STARTER, now=api.clock())
     api.clock.set(datetime(2026, 10, 20, 12, 0, tzinfo=UTC))
     await recorded(api, quantity=600)  # starter includes 500: 100 x 0.10 = 10.00
     api.clock.set(datetime(2026, 11, 10, 12, 0, tzinfo=UTC))
     query = '{ monthlySummary(month: "2026-10") { totalOverageCost { amount } } }'
     for tier in (Tier.PROFESSIONAL, Tier.FREE, Tier.ENTERPRISE):
-        await companies.set_tier(api.company_id, tier)
+        await put_on_tier(api.company_id, tier, now=api.clock(), since=NOV_1)
         data = await api.data(query)
         assert data["monthlySummary"]["totalOverageCost"]["amount"] == "10.00", tier
 
@@ -515,7 +522,7 @@ async def test_an_operators_price_edit_prices_new_months_only(api: Api) -> None:
     from meterline.db import tiers
 
     await companies.get_or_create(api.company_id, now=api.clock())
-    await companies.set_tier(api.company_id, Tier.PROFESSIONAL)
+    await put_on_tier(api.company_id, Tier.PROFESSIONAL, now=api.clock())
     api.clock.set(datetime(2026, 11, 10, 12, 0, tzinfo=UTC))
     await recorded(api, eventType="AI_QUERY", quantity=210)  # 10 over at 0.20
     await sql.execute(
@@ -542,10 +549,10 @@ async def test_an_operators_price_edit_prices_new_months_only(api: Api) -> None:
 async def test_late_events_of_a_paid_month_are_not_capped_by_a_free_tier(api: Api) -> None:
     """Downgraded to free on the 1st: October was starter, its late events are not capped."""
     await companies.get_or_create(api.company_id, now=api.clock())
-    await companies.set_tier(api.company_id, Tier.STARTER)
+    await put_on_tier(api.company_id, Tier.STARTER, now=api.clock())
     api.clock.set(datetime(2026, 10, 31, 22, 0, tzinfo=UTC))
     await recorded(api, quantity=60, occurredAt="2026-10-31T21:00:00Z")
-    await companies.set_tier(api.company_id, Tier.FREE)
+    await put_on_tier(api.company_id, Tier.FREE, now=api.clock(), since=NOV_1)
     api.clock.set(datetime(2026, 11, 1, 0, 20, tzinfo=UTC))
     late = await recorded(api, quantity=70, occurredAt="2026-10-31T23:50:00Z")
     assert late["__typename"] == "UsageRecorded"

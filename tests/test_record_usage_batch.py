@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -18,6 +19,7 @@ from meterline.db import companies, sql
 from meterline.db.usage import RECORD_EVENT_SQL
 from meterline.services.usage import _fingerprint
 from tests.conftest import Api, rollup_matches_events
+from tests.plans import put_on_tier
 from tests.test_record_usage import error_code
 
 BATCH = """mutation($events: [RecordUsageInput!]!) { recordUsageBatch(events: $events) {
@@ -67,7 +69,7 @@ async def stored(company_id: uuid.UUID) -> tuple[int, int]:
 
 async def paid(api: Api, tier: Tier = Tier.STARTER) -> None:
     await companies.get_or_create(api.company_id, now=api.clock())
-    await companies.set_tier(api.company_id, tier)
+    await put_on_tier(api.company_id, tier, now=api.clock(), billed=True)
 
 
 # --- the happy path -----------------------------------------------------------------------
@@ -303,7 +305,7 @@ async def test_a_batch_passing_the_cap_is_refused_whole_and_says_by_how_much(api
 async def test_a_refused_batch_does_not_burn_its_keys(api: Api) -> None:
     refused = await batch(api, [invitation("k1", 30), invitation("k2", 30)])
     assert refused["__typename"] == "UsageLimitExceeded"
-    await companies.set_tier(api.company_id, Tier.STARTER)
+    await put_on_tier(api.company_id, Tier.STARTER, now=api.clock())
     result = await batch(api, [invitation("k1", 30), invitation("k2", 30)])
     assert (result["recorded"], result["duplicates"]) == (2, 0)
 
@@ -417,6 +419,8 @@ async def test_keys_stored_by_others_while_a_batch_waits_never_fail_it(
         holders.append(connection)
         await connection.execute("BEGIN")
         now = api.clock()
+        company = await companies.get(api.company_id)
+        assert company is not None
         await connection.fetchrow(
             RECORD_EVENT_SQL,
             api.company_id,
@@ -427,8 +431,14 @@ async def test_keys_stored_by_others_while_a_batch_waits_never_fail_it(
             now,
             key,
             None,
-            "local_only",
+            "pending",
             _fingerprint(EventType.GUEST_INVITATION, 1, None),
+            None,
+            company.plan_seq,
+            Tier.STARTER.value,
+            1,
+            500,
+            Decimal("0.10"),
             None,
         )
         return connection

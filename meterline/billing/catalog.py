@@ -59,6 +59,7 @@ class Plan:
     grace_days: int  # dunning grace before a past-due company is restricted
     allowances: Mapping[EventType, Allowance]
     hard_cap: bool = False  # usage beyond the allowance is refused (free), not billed
+    version: int = 1  # plans are versioned (billing/plans.py); a version never changes
 
     def allowance(self, event_type: EventType) -> Allowance:
         return self.allowances[event_type]

@@ -83,17 +83,22 @@ class OccurrenceWindow:
     now: datetime
 
 
-def billable_window(now: datetime, late_grace_hours: int) -> OccurrenceWindow:
-    """From the start of this month, or of last month during the first grace hours of a month.
+def billable_window(
+    now: datetime, late_grace_hours: int, late_margin_minutes: int = 0
+) -> OccurrenceWindow:
+    """From the start of this month, or of last month during the first grace hours of a month,
+    less a margin.
 
     Stripe bills meter usage only if it arrives before the period's invoice is finalised (an
     hour after the period by default), so an older event would be accepted and never billed.
+    The margin leaves the sync the end of the grace to deliver what was accepted last.
     """
-    if late_grace_hours < 0:
-        raise ValueError("late_grace_hours must be >= 0")
+    if late_grace_hours < 0 or late_margin_minutes < 0:
+        raise ValueError("late_grace_hours and late_margin_minutes must be >= 0")
     now_utc = floor_to_second(now)
     this_month = month_of(now_utc)
     start = month_start(this_month)
-    if now_utc < start + timedelta(hours=late_grace_hours):
+    accepts_until = start + timedelta(hours=late_grace_hours, minutes=-late_margin_minutes)
+    if now_utc < accepts_until:
         start = month_start(add_months(this_month, -1))
     return OccurrenceWindow(earliest=start, now=now_utc)

@@ -5,20 +5,22 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
 
 from meterline.billing.catalog import Tier
 from meterline.billing.dunning import Dunning
+from meterline.billing.plans import PlanHistory
 from meterline.db import sql
+from meterline.db.company_plans import HISTORY_SUBSELECT, history_from_json
 from meterline.db.engine import DB
 
 _COLUMNS = (
     "id, tier, stripe_customer_id, stripe_subscription_id, past_due_since, grace_ends_at, "
     "restricted, dunning_cleared_at, subscription_status, usage_stamped_from, scheduled_tier, "
-    "created_at"
+    "created_at, plan_seq, " + HISTORY_SUBSELECT
 )
 
 
@@ -34,11 +36,9 @@ class Company:
     usage_stamped_from: datetime | None = None
     dunning_cleared_at: datetime | None = None
     scheduled_tier: Tier | None = None  # a change Meterline scheduled for the next 1st
-
-    @property
-    def bills_usage(self) -> bool:
-        """Its usage goes to Stripe: a customer and a paid tier (one with Stripe prices)."""
-        return self.stripe_customer_id is not None and self.tier is not Tier.FREE
+    # Which plan applies when (billing/plans.py), and the number a recording checks it by.
+    plans: PlanHistory = field(default_factory=PlanHistory)
+    plan_seq: int = 0
 
 
 def _company(row: asyncpg.Record) -> Company:
@@ -53,6 +53,8 @@ def _company(row: asyncpg.Record) -> Company:
         usage_stamped_from=row["usage_stamped_from"],
         dunning_cleared_at=row["dunning_cleared_at"],
         scheduled_tier=Tier(row["scheduled_tier"]) if row["scheduled_tier"] else None,
+        plans=history_from_json(row["plan_history"]),
+        plan_seq=row["plan_seq"],
     )
 
 

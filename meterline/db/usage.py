@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 
 from meterline.billing.catalog import Allowance, EventType, Tier
+from meterline.billing.plans import MONTHLY_VOLUME_CEILING
 from meterline.db import sql
 
 _EVENT_COLUMNS = (
@@ -174,52 +175,53 @@ def _rollup(row: asyncpg.Record) -> Rollup:
     )
 
 
-# The cap-checked rollup upsert, as the CTE `added`, for the (month, event type, quantity) rows
-# of `wanted`. The first event of a month copies the company's current allowance (and cap) into
-# the row; later ones are checked against that copy, so the month keeps one price. The upsert
-# locks the rows, in (month, event type) order, so concurrent recordings are checked one after
-# the other against the committed total, and two batches never deadlock. A row refused by its
-# cap is missing from `added`.
+# The cap-checked rollup upsert, as the CTE `added`, for the rows of `wanted`: (month, event
+# type, quantity) with the plan that prices the month (tier, version, included, unit_price)
+# and the cap of the events' instant, all decided in Python from the company's plan history
+# (billing/plans.py). `company` takes a share lock on the company row and checks that its
+# plan_seq is the one that history was read with: a plan change (which locks the row for
+# update and bumps plan_seq) either committed before, and the statement finds nothing and is
+# run again with the new history, or waits for this one to commit and then re-prices what it
+# wrote. The first event of a month copies its month's plan into the row; the upsert locks
+# the rows in (month, event type) order, so concurrent recordings are checked one after the
+# other against the committed total and two batches never deadlock. A row refused by its cap
+# or by the monthly volume ceiling is missing from `added`.
 _ROLLUP_UPSERT = """
+company AS (SELECT id FROM companies WHERE id = $1 AND plan_seq = {plan_seq} FOR SHARE),
 wanted AS ({wanted}),
-plan AS (
-    SELECT w.month, w.event_type, w.quantity, t.name AS tier, a.included, a.unit_price,
-           CASE WHEN t.hard_cap THEN a.included END AS cap
-    FROM wanted w
-    JOIN companies c ON c.id = $1
-    JOIN tiers t ON t.name = c.tier
-    JOIN tier_allowances a ON a.tier = t.name AND a.event_type = w.event_type
-),
 added AS (
     INSERT INTO usage_rollups AS r
-        (company_id, month, event_type, used, tier, included, unit_price, cap)
-    SELECT $1, p.month, p.event_type, p.quantity, p.tier, p.included, p.unit_price,
-           -- past the current cap only when the month's row exists (next line): then this row
-           -- is never stored, but it must still pass the CHECK on cap to reach the conflict,
-           -- where the month's own cap decides
-           CASE WHEN p.quantity <= p.cap THEN p.cap END
-    FROM plan p
-    WHERE p.cap IS NULL OR p.quantity <= p.cap
+        (company_id, month, event_type, used, tier, version, included, unit_price, cap)
+    SELECT $1, w.month, w.event_type, w.quantity, w.tier, w.version, w.included, w.unit_price,
+           w.cap
+    FROM wanted w, company
+    WHERE (w.cap IS NULL OR w.quantity <= w.cap)
+       -- past the cap only when the month's row exists: then the conflict decides
        OR EXISTS (SELECT 1 FROM usage_rollups x
-                  WHERE x.company_id = $1 AND x.month = p.month AND x.event_type = p.event_type)
-    ORDER BY p.month, p.event_type
+                  WHERE x.company_id = $1 AND x.month = w.month AND x.event_type = w.event_type)
+    ORDER BY w.month, w.event_type
     ON CONFLICT (company_id, month, event_type)
     DO UPDATE SET used = r.used + EXCLUDED.used
-    WHERE r.cap IS NULL OR r.used + EXCLUDED.used <= r.cap
-    RETURNING month, event_type, used, tier, included, unit_price, cap
-)"""
+    WHERE (EXCLUDED.cap IS NULL OR r.used + EXCLUDED.used <= EXCLUDED.cap)
+      AND r.used + EXCLUDED.used <= {ceiling}
+    RETURNING month, event_type, used, tier, version, included, unit_price, cap
+)""".replace("{ceiling}", str(MONTHLY_VOLUME_CEILING))
 
-# One recording in ONE statement (so one round trip and no BEGIN/COMMIT): the rollup first
-# (the lock every recording of that month and type queues on), then the event, then its key;
-# the event and the key are written only if the cap let the rollup through. A key already
-# stored (or being stored) by another request fails the unique index, and the statement,
-# rollup included, is undone. Parameters: $1 company, $2 month, $3 event type, $4 quantity,
-# $5 event id, $6 occurred_at, $7 idempotency key, $8 metadata, $9 sync state,
-# $10 fingerprint, $11 occurredAt as given.
+# One recording in ONE statement (so one round trip and no BEGIN/COMMIT): the company's share
+# lock, the rollup (the lock every recording of that month and type queues on), then the
+# event, then its key; the event and the key are written only if the rollup let it through.
+# A key already stored (or being stored) by another request fails the unique index, and the
+# statement, rollup included, is undone. Parameters: $1 company, $2 month, $3 event type,
+# $4 quantity, $5 event id, $6 occurred_at, $7 idempotency key, $8 metadata, $9 sync state,
+# $10 fingerprint, $11 occurredAt as given, $12 plan_seq, $13 tier, $14 version, $15 included,
+# $16 unit price, $17 cap.
 RECORD_EVENT_SQL = f"""
 WITH {
     _ROLLUP_UPSERT.format(
-        wanted="SELECT $2::date AS month, $3::text AS event_type, $4::bigint AS quantity"
+        plan_seq="$12",
+        wanted="SELECT $2::date AS month, $3::text AS event_type, $4::bigint AS quantity, "
+        "$13::text AS tier, $14::int AS version, $15::bigint AS included, "
+        "$16::numeric AS unit_price, $17::bigint AS cap",
     )
 },
 event AS (
@@ -232,20 +234,39 @@ key AS (
     INSERT INTO idempotency_keys (company_id, key, event_id, fingerprint, occurred_at_given)
     SELECT $1, $7, event.id, $10, $11 FROM event WHERE $7::text IS NOT NULL
 )
-SELECT event.*, added.used, added.tier, added.included, added.unit_price, added.cap
-FROM added, event
+SELECT (SELECT count(*) FROM company) AS fresh, event.*, added.used, added.tier,
+       added.included, added.unit_price, added.cap
+FROM (SELECT 1) AS one LEFT JOIN (added CROSS JOIN event) ON true
 """
 
-# A batch's rollups: $2, $3 and $4 are arrays, one element per (month, event type).
+# A batch's rollups: $3 to $10 are arrays, one element per (month, event type).
 ADD_TO_ROLLUPS_SQL = f"""
 WITH {
     _ROLLUP_UPSERT.format(
-        wanted="SELECT * FROM unnest($2::date[], $3::text[], $4::bigint[]) "
-        "AS w(month, event_type, quantity)"
+        plan_seq="$2",
+        wanted="SELECT * FROM unnest($3::date[], $4::text[], $5::bigint[], $6::text[], "
+        "$7::int[], $8::bigint[], $9::numeric[], $10::bigint[]) "
+        "AS w(month, event_type, quantity, tier, version, included, unit_price, cap)",
     )
 }
-SELECT * FROM added
+SELECT (SELECT count(*) FROM company) AS fresh, added.*
+FROM (SELECT 1) AS one LEFT JOIN added ON true
 """
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """What a recording writes into its month's rollup if it opens it, and the cap it is
+    checked against (decided from the company's plan history at the event's instant)."""
+
+    tier: Tier
+    version: int
+    allowance: Allowance
+    cap: int | None
+
+
+class PlanChanged(Exception):
+    """The company's plan changed after its history was read: read it again and retry."""
 
 
 class KeyTaken(Exception):
@@ -253,12 +274,18 @@ class KeyTaken(Exception):
 
 
 async def record_event(
-    event: NewEvent, *, fingerprint: str, occurred_at_given: datetime | None
+    event: NewEvent,
+    *,
+    fingerprint: str,
+    occurred_at_given: datetime | None,
+    pricing: Pricing,
+    plan_seq: int,
 ) -> tuple[StoredEvent, Rollup] | None:
     """Store one event with its key and add it to its month's rollup, all or nothing: the
-    stored event and the rollup after it; None (nothing written) when the month's hard cap
-    refuses it; KeyTaken when its idempotency key is stored already (if the key's transaction
-    is still open, this waits for it to end, so a concurrent retry never records twice)."""
+    stored event and the rollup after it; None (nothing written) when the cap or the monthly
+    volume ceiling refuses it; KeyTaken when its idempotency key is stored already (if the
+    key's transaction is still open, this waits for it to end, so a concurrent retry never
+    records twice); PlanChanged when the company's plan_seq is no longer `plan_seq`."""
     try:
         row = await sql.fetchrow(
             RECORD_EVENT_SQL,
@@ -273,29 +300,51 @@ async def record_event(
             event.sync_state,
             fingerprint,
             occurred_at_given,
+            plan_seq,
+            pricing.tier.value,
+            pricing.version,
+            pricing.allowance.included,
+            pricing.allowance.unit_price,
+            pricing.cap,
         )
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name != "idempotency_keys_unique":
             raise
         raise KeyTaken(event.idempotency_key) from exc
-    return (_event(row), _rollup(row)) if row else None
+    assert row is not None
+    if not row["fresh"]:
+        raise PlanChanged(str(event.company_id))
+    return (_event(row), _rollup(row)) if row["id"] is not None else None
 
 
 async def add_to_rollups(
-    company_id: uuid.UUID, totals: Mapping[tuple[date, EventType], int]
+    company_id: uuid.UUID,
+    totals: Mapping[tuple[date, EventType], tuple[int, Pricing]],
+    *,
+    plan_seq: int,
 ) -> dict[tuple[date, EventType], Rollup]:
     """A batch's rollups: each (month, event type) total in one statement. Returns the
-    rollups it added to; a group missing from the answer would have passed its month's cap,
-    and the caller must roll the whole transaction back."""
+    rollups it added to; a group missing from the answer would have passed its cap or the
+    ceiling, and the caller must roll the whole transaction back (PlanChanged as well)."""
     groups = sorted(totals.items(), key=lambda item: (item[0][0], item[0][1].value))
     rows = await sql.fetch(
         ADD_TO_ROLLUPS_SQL,
         company_id,
+        plan_seq,
         [month for (month, _), _ in groups],
         [event_type.value for (_, event_type), _ in groups],
-        [quantity for _, quantity in groups],
+        [quantity for _, (quantity, _) in groups],
+        [p.tier.value for _, (_, p) in groups],
+        [p.version for _, (_, p) in groups],
+        [p.allowance.included for _, (_, p) in groups],
+        [p.allowance.unit_price for _, (_, p) in groups],
+        [p.cap for _, (_, p) in groups],
     )
-    return {(r["month"], EventType(r["event_type"])): _rollup(r) for r in rows}
+    if not rows or not rows[0]["fresh"]:
+        raise PlanChanged(str(company_id))
+    return {
+        (r["month"], EventType(r["event_type"])): _rollup(r) for r in rows if r["month"] is not None
+    }
 
 
 async def rollup(company_id: uuid.UUID, month: date, event_type: EventType) -> Rollup | None:
@@ -359,65 +408,90 @@ async def list_events(
     return [_event(r) for r in rows]
 
 
-async def release_local_events(company_id: uuid.UUID, from_month: date) -> int:
-    """Free -> paid: the company's `local_only` events of `from_month` and later become
-    `pending`, for the sync to send. Returns how many."""
-    status = await sql.execute(
-        "UPDATE usage_events SET sync_state = 'pending' "
-        "WHERE company_id = $1 AND month >= $2 AND sync_state = 'local_only'",
-        company_id,
-        from_month,
-    )
-    return int(status.split()[-1])
-
-
-async def reprice_rollups(company_id: uuid.UUID, from_month: date) -> int:
-    """A tier change that prices a whole month (free -> paid, or a change on the 1st): the
-    months from `from_month` on are priced by the company's current tier (its allowance and
-    cap are copied into those months' rollups again). Returns how many."""
+async def reprice_month(
+    company_id: uuid.UUID, month: date, pricings: Mapping[EventType, Pricing]
+) -> int:
+    """A plan change that prices a whole month (free -> paid, a change on the 1st, an event
+    replayed later): that month's rollups take its plan again. Returns how many changed."""
+    types = sorted(pricings, key=lambda t: t.value)
     status = await sql.execute(
         """
         UPDATE usage_rollups r
-        SET tier = t.name, included = a.included, unit_price = a.unit_price,
-            -- what is recorded stays recorded: a capped month never starts above its cap
-            cap = CASE WHEN t.hard_cap THEN greatest(a.included, r.used) END
-        FROM companies c
-        JOIN tiers t ON t.name = c.tier
-        JOIN tier_allowances a ON a.tier = t.name
-        WHERE c.id = $1 AND r.company_id = c.id AND r.month >= $2 AND a.event_type = r.event_type
+        SET tier = u.tier, version = u.version, included = u.included,
+            unit_price = u.unit_price, cap = u.cap
+        FROM unnest($3::text[], $4::text[], $5::int[], $6::bigint[], $7::numeric[], $8::bigint[])
+            AS u(event_type, tier, version, included, unit_price, cap)
+        WHERE r.company_id = $1 AND r.month = $2 AND r.event_type = u.event_type
+          AND (r.tier, r.version, r.included, r.unit_price, r.cap)
+              IS DISTINCT FROM (u.tier, u.version, u.included, u.unit_price, u.cap)
         """,
         company_id,
-        from_month,
+        month,
+        [t.value for t in types],
+        [pricings[t].tier.value for t in types],
+        [pricings[t].version for t in types],
+        [pricings[t].allowance.included for t in types],
+        [pricings[t].allowance.unit_price for t in types],
+        [pricings[t].cap for t in types],
     )
     return int(status.split()[-1])
 
 
-async def withhold_pending_events(company_id: uuid.UUID, from_month: date) -> int:
-    """Paid -> free on the 1st: the month's events not yet sent stay here (no subscription
-    would bill them)."""
-    status = await sql.execute(
-        "UPDATE usage_events SET sync_state = 'local_only' "
-        "WHERE company_id = $1 AND month >= $2 AND sync_state = 'pending'",
+async def months_with_usage(company_id: uuid.UUID, from_month: date) -> list[date]:
+    rows = await sql.fetch(
+        "SELECT DISTINCT month FROM usage_rollups WHERE company_id = $1 AND month >= $2 "
+        "ORDER BY month",
         company_id,
         from_month,
+    )
+    return [r["month"] for r in rows]
+
+
+async def resync_events(
+    company_id: uuid.UUID,
+    periods: Sequence[tuple[datetime, datetime, bool]],
+    *,
+    not_before: datetime,
+) -> int:
+    """After a plan change: each not-yet-sent event occurring at or after `not_before` (what
+    Stripe can still bill) is `pending` if the period it falls in, [start, end), is billed, and
+    `local_only` otherwise. Returns how many changed."""
+    if not periods:
+        return 0
+    status = await sql.execute(
+        """
+        UPDATE usage_events e
+        SET sync_state = CASE WHEN u.billed THEN 'pending' ELSE 'local_only' END
+        FROM unnest($2::timestamptz[], $3::timestamptz[], $4::bool[]) AS u(f, t, billed)
+        WHERE e.company_id = $1 AND e.occurred_at >= $5
+          AND e.occurred_at >= u.f AND e.occurred_at < u.t
+          AND e.sync_state IN ('local_only', 'pending')
+          AND e.sync_state <> CASE WHEN u.billed THEN 'pending' ELSE 'local_only' END
+        """,
+        company_id,
+        [p[0] for p in periods],
+        [p[1] for p in periods],
+        [p[2] for p in periods],
+        not_before,
     )
     return int(status.split()[-1])
 
 
 async def release_stranded_events(month: date) -> int:
-    """`local_only` events of companies that pay, from `month` (and from their paid start):
-    recorded by a request that read the company as free just before its subscription
-    arrived. The sync job runs this first, so such an event still reaches Stripe."""
+    """`local_only` events from `month` whose instant a billed plan period covers (the
+    company's plan history says a subscription bills it): a safety net run by the sync job
+    before each run, so such an event still reaches Stripe."""
     status = await sql.execute(
         """
         UPDATE usage_events e SET sync_state = 'pending'
-        FROM companies c
-        WHERE c.stripe_customer_id IS NOT NULL AND c.tier <> $2
-          AND e.company_id = c.id AND e.sync_state = 'local_only' AND e.month >= $1
-          AND e.month >= date_trunc('month', coalesce(c.usage_stamped_from, '-infinity')
-                                    AT TIME ZONE 'UTC')::date
+        FROM company_plans p
+        WHERE e.sync_state = 'local_only' AND e.month >= $1
+          AND p.company_id = e.company_id AND p.billed AND p.effective_from <= e.occurred_at
+          AND NOT EXISTS (SELECT 1 FROM company_plans q
+                          WHERE q.company_id = p.company_id
+                            AND q.effective_from > p.effective_from
+                            AND q.effective_from <= e.occurred_at)
         """,
         month,
-        Tier.FREE.value,
     )
     return int(status.split()[-1])

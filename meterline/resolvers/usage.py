@@ -87,6 +87,7 @@ async def record_usage(info: Info, input: RecordUsageInput) -> RecordUsageResult
         input.to_request(),
         now=ctx.now(),
         late_grace_hours=ctx.settings.late_usage_grace_hours,
+        late_margin_minutes=ctx.settings.late_usage_margin_minutes,
     )
     USAGE_RECORDINGS.labels(input.event_type.value, outcome_label(outcome)).inc()
     return record_result(outcome)
@@ -126,6 +127,7 @@ async def _record_batch(
         requests,
         now=ctx.now(),
         late_grace_hours=ctx.settings.late_usage_grace_hours,
+        late_margin_minutes=ctx.settings.late_usage_margin_minutes,
     )
     if isinstance(outcome, BatchRecorded):
         counted = Counter((i.event.event_type.value, outcome_label(i)) for i in outcome.items)

@@ -52,6 +52,8 @@ CUSTOMER_PAYLOAD_KEY = "stripe_customer_id"
 VALUE_PAYLOAD_KEY = "value"
 PRODUCT_METADATA_KEY = "meterline_tier"
 EVENT_TYPE_METADATA_KEY = "meterline_event_type"
+# The plan version a price bills (billing/plans.py); a price without it bills version 1.
+PLAN_VERSION_METADATA_KEY = "meterline_plan_version"
 PRODUCT_NAME = "WeddingFlow Pro"
 # USD amounts are sent to Stripe in cents.
 MINOR_UNITS_PER_UNIT = Decimal(100)
@@ -73,6 +75,12 @@ SNAPSHOT_EVENTS: tuple[str, ...] = (
     "customer.subscription.deleted",
     "customer.subscription.paused",
     "customer.subscription.resumed",
+    "subscription_schedule.created",
+    "subscription_schedule.updated",
+    "subscription_schedule.released",
+    "subscription_schedule.canceled",
+    "subscription_schedule.completed",
+    "subscription_schedule.aborted",
     "invoice.created",
     "invoice.finalized",
     "invoice.updated",
@@ -175,10 +183,11 @@ class DesiredPrice:
     event_type: EventType | None  # None: the base price
     nickname: str
     spec: PriceSpec
+    version: int = 1
 
     @property
     def metadata(self) -> dict[str, str]:
-        data = {PRODUCT_METADATA_KEY: self.tier.value}
+        data = {PRODUCT_METADATA_KEY: self.tier.value, PLAN_VERSION_METADATA_KEY: str(self.version)}
         if self.event_type is not None:
             data[EVENT_TYPE_METADATA_KEY] = self.event_type.value
         return data
@@ -198,6 +207,7 @@ def desired_prices(
             event_type=None,
             nickname=f"{title} monthly fee",
             spec=base_price_spec(base_fees[plan.tier]),
+            version=plan.version,
         )
     ]
     for event_type in EventType:
@@ -211,17 +221,28 @@ def desired_prices(
                 spec=metered_price_spec(
                     allowance.included, allowance.unit_price, meters[event_type]
                 ),
+                version=plan.version,
             )
         )
     return prices
 
 
-def decide_price(desired: PriceSpec, existing: StripePrice | None) -> Action:
-    """FOUND: an active price already bills exactly this (Decimal equality, so "5" == "5.00").
-    CREATED: no price holds the key. MOVED: a new price must take the key from `existing`."""
+def price_version(metadata: Mapping[str, str]) -> int:
+    """The plan version a Stripe price bills (version 1 when it predates versions)."""
+    try:
+        return max(1, int(metadata.get(PLAN_VERSION_METADATA_KEY, "1")))
+    except ValueError:
+        return 1
+
+
+def decide_price(desired: PriceSpec, existing: StripePrice | None, version: int = 1) -> Action:
+    """FOUND: an active price already bills exactly this (Decimal equality, so "5" == "5.00")
+    for this plan version. CREATED: no price holds the key. MOVED: a new price must take the
+    key from `existing` (a new version moves every price of its tier: a subscription's version
+    is the one all its prices carry)."""
     if existing is None:
         return Action.CREATED
-    if existing.active and existing.spec == desired:
+    if existing.active and existing.spec == desired and price_version(existing.metadata) == version:
         return Action.FOUND
     return Action.MOVED
 
@@ -358,7 +379,7 @@ async def setup_stripe(
 
         for desired in wanted[tier]:
             existing = existing_prices.get(desired.lookup_key)
-            action = decide_price(desired.spec, existing)
+            action = decide_price(desired.spec, existing, desired.version)
             if action is Action.FOUND and existing is not None:
                 record(Line(Action.FOUND, "price", desired.lookup_key, existing.id))
                 continue

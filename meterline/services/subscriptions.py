@@ -12,21 +12,24 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from meterline.billing.catalog import EventType, Tier
 from meterline.billing.periods import month_of, month_start
-from meterline.db import companies, flags, subscriptions, usage
+from meterline.billing.plans import SCHEDULED, PlanHistory, PlanPeriod, Reason
+from meterline.db import companies, flags, subscriptions
 from meterline.db.companies import Company
 from meterline.db.subscriptions import SubscriptionMirror
+from meterline.services.plan_history import store_history
 from meterline.services.stripe_setup import (
     EVENT_TYPE_METADATA_KEY,
     PRODUCT_METADATA_KEY,
     base_price_lookup_key,
     metered_price_lookup_key,
+    price_version,
 )
-from meterline.stripe_gateway.mirror import PriceRef, SubscriptionState
+from meterline.stripe_gateway.mirror import PriceRef, ScheduleState, SubscriptionState
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +89,15 @@ def tier_of(prices: Sequence[PriceRef]) -> Tier | None:
     return next((role[0] for role in roles if role is not None and role[1] is None), None)
 
 
+def version_of(prices: Sequence[PriceRef]) -> int:
+    """The plan version the subscription's base price bills (billing/plans.py)."""
+    for price in prices:
+        role = price_role(price)
+        if role is not None and role[1] is None:
+            return price_version(price.metadata)
+    return 1
+
+
 def missing_prices(tier: Tier, prices: Sequence[PriceRef]) -> list[str]:
     """Lookup keys of the tier's prices the subscription lacks (the design: a complete subscription
     has the base price and the metered price of every event type)."""
@@ -126,8 +138,10 @@ async def apply_subscription(
     read_seq: int,
     now: datetime,
     company_hint: uuid.UUID | None = None,
+    observed_at: datetime | None = None,
 ) -> Outcome:
-    """Apply the state read (with `read_seq`) in the caller's transaction."""
+    """Apply the state read (with `read_seq`) in the caller's transaction. `observed_at`: when
+    Stripe reported it (the event's `created`), the instant a pause is taken to start."""
     named = company_named(state.metadata) or company_hint
     linked = await companies.by_customer(state.customer)
     if linked is not None and named is not None and linked.id != named:
@@ -192,13 +206,14 @@ async def apply_subscription(
             company_id=company_id,
             now=now,
         )
-    becoming = _becoming(state, effective_tier(state.status, tier, company.tier), now)
+    version = version_of(state.prices)
+    becoming = _becoming(state, tier or company.tier, version, now, observed_at or now)
     if state.status not in LIVE_STATUSES:
         # The current subscription ended: another one still live (a second checkout) bills
         # the company now.
         other = await subscriptions.newest_live(company_id, LIVE_STATUSES, exclude=state.id)
         if other is not None:
-            becoming = _becoming_from_mirror(other, company.tier)
+            becoming = _becoming_from_mirror(other, company.tier, version)
     await _make_current(company, becoming, now)
     return Outcome(
         True, newly_linked=state.customer if company.stripe_customer_id is None else None
@@ -213,91 +228,184 @@ class Becoming:
     customer: str
     status: str
     tier: Tier
+    version: int
     paying_from: datetime  # when it started billing (the free -> paid stamp)
     tier_since: datetime | None  # when that tier took effect in Stripe, when known
+    # Not billing from this instant (ended, paused, or its payment collection paused).
+    stopped_at: datetime | None = None
+    stop_reason: str = Reason.ENDED
+    ends_at: datetime | None = None  # cancel_at_period_end: the period's end
+    observed_at: datetime | None = None  # when Stripe reported this state
 
 
-def _becoming(state: SubscriptionState, tier: Tier, now: datetime) -> Becoming:
-    live = state.status in LIVE_STATUSES
+def bills(state: SubscriptionState) -> bool:
+    """It bills its usage: live, and collecting payment."""
+    return state.status in LIVE_STATUSES and state.pause_collection is None
+
+
+def _becoming(
+    state: SubscriptionState, tier: Tier, version: int, now: datetime, observed_at: datetime
+) -> Becoming:
+    stopped_at: datetime | None = None
+    reason = Reason.ENDED
+    if state.status not in LIVE_STATUSES:
+        if state.status == "paused" or state.ended_at is None:
+            stopped_at, reason = observed_at, Reason.PAUSED if state.status == "paused" else reason
+        else:
+            stopped_at = state.ended_at
+    elif state.pause_collection is not None:
+        stopped_at, reason = observed_at, Reason.PAUSED
     return Becoming(
         subscription_id=state.id,
         customer=state.customer,
         status=state.status,
         tier=tier,
+        version=version,
         # A resumed subscription's period restarts at the resumption: usage stamped before it
         # (while paused) would not be billed.
         paying_from=max(
             state.start_date, state.created, state.current_period_start or state.created
         ),
-        tier_since=state.base_price_since if live else (state.ended_at or now),
+        tier_since=state.base_price_since,
+        stopped_at=stopped_at,
+        stop_reason=reason,
+        ends_at=state.current_period_end if state.cancel_at_period_end else None,
+        observed_at=observed_at,
     )
 
 
-def _becoming_from_mirror(mirror: SubscriptionMirror, current: Tier) -> Becoming:
+def _becoming_from_mirror(mirror: SubscriptionMirror, current: Tier, version: int) -> Becoming:
     return Becoming(
         subscription_id=mirror.id,
         customer=mirror.customer_id,
         status=mirror.status,
         tier=mirror.tier or current,
+        version=version,
         paying_from=max(mirror.start_date, mirror.created),
         tier_since=None,
-    )
+        ends_at=mirror.current_period_end if mirror.cancel_at_period_end else None,
+    )  # observed now
 
 
 # A change Stripe applies at a period start (a scheduled change, a cancellation at period end)
-# reaches us within its renewal processing: a change seen this close to the 1st took effect on it.
+# reaches us within its renewal processing: a change stamped this close after a 1st took
+# effect on it. Decided by the change's own time, never by when its event arrives.
 AT_MONTH_START = timedelta(hours=2)
 
 
-def took_effect_at_month_start(since: datetime | None, now: datetime) -> bool:
-    start = month_start(month_of(now))
-    return since is not None and start <= since < start + AT_MONTH_START
+def at_month_start(since: datetime) -> datetime | None:
+    """The 1st 00:00 UTC a change at `since` took effect on, if it is that close after it."""
+    start = month_start(month_of(since))
+    return start if since < start + AT_MONTH_START else None
+
+
+def took_effect_at_month_start(since: datetime | None) -> bool:
+    return since is not None and at_month_start(since) is not None
+
+
+def history_after(
+    history: PlanHistory, becoming: Becoming, now: datetime
+) -> tuple[PlanHistory, str | None]:
+    """The company's plan history once `becoming` is its current subscription, as Stripe
+    reports it at `now` (pure), and a note when Stripe changed the tier in the middle of a
+    month."""
+    note = None
+    if becoming.stopped_at is not None:
+        since = becoming.stopped_at
+        if becoming.stop_reason == Reason.ENDED:
+            since = at_month_start(since) or since
+        in_force = history.at(since)
+        if not in_force.billed:
+            return history.without_scheduled(since), None  # it never billed, or stopped already
+        period = PlanPeriod(
+            since,
+            becoming.tier,
+            becoming.version,
+            billed=False,
+            subscription_id=becoming.subscription_id,
+            reason=becoming.stop_reason,
+        )
+        return history.with_period(period), None
+    paying = PlanPeriod(
+        becoming.paying_from,
+        becoming.tier,
+        becoming.version,
+        billed=True,
+        subscription_id=becoming.subscription_id,
+    )
+    if becoming.tier is Tier.FREE:
+        return history, None  # not a subscription Meterline knows how to bill (unknown prices)
+    stopped = history.at(now)
+    if not stopped.billed:
+        # Free -> paid, or resumed: from when it (again) bills. Stripe's first invoice bills the
+        # whole month's usage stamped at its start, so a month without a billed period is
+        # billed whole; a month that already had one goes on from the resumption.
+        starts = becoming.paying_from
+        if history.at(starts).billed:  # paused (or ended) after its start: resumed now
+            starts = max(stopped.effective_from, becoming.observed_at or now)
+        month_begin = month_start(month_of(starts))
+        earlier_billed = history.at(month_begin).billed or any(
+            p.billed and month_begin <= p.effective_from < starts for p in history.periods
+        )
+        since = starts if earlier_billed else month_begin
+    else:
+        since = becoming.tier_since or becoming.paying_from
+        since = at_month_start(since) or since
+        in_force = history.at(since)
+        same = (in_force.tier, in_force.version, in_force.billed) == (
+            becoming.tier,
+            becoming.version,
+            True,
+        )
+        if same and in_force.reason not in SCHEDULED:
+            since = in_force.effective_from  # nothing new: the period in force goes on
+        elif not same and at_month_start(since) is None and since > month_start(month_of(since)):
+            note = (
+                f"subscription {becoming.subscription_id} moved the company from "
+                f"{in_force.tier.value} to {becoming.tier.value} in the middle of the month as "
+                f"Stripe reports it; this month's usage stays priced by the month's plan here, "
+                f"Stripe prices it its own way"
+            )
+    updated = history.with_period(replace(paying, effective_from=since), drop_scheduled_after=False)
+    # What Stripe reports now overrides anything that was scheduled up to now, and a
+    # cancellation is pending only while Stripe says so.
+    updated = updated.without_scheduled(since, now).without_scheduled(
+        since, reasons=frozenset({Reason.SCHEDULED_END})
+    )
+    if becoming.ends_at is not None:
+        updated = updated.with_period(
+            PlanPeriod(
+                becoming.ends_at,
+                Tier.FREE,
+                None,
+                billed=False,
+                subscription_id=becoming.subscription_id,
+                reason=Reason.SCHEDULED_END,
+            ),
+            drop_scheduled_after=True,
+        )
+    return updated, note
 
 
 async def _make_current(company: Company, becoming: Becoming, now: datetime) -> None:
-    old, new = company.tier, becoming.tier
-    starts_paying = old is Tier.FREE and new is not Tier.FREE
-    stamped_from = becoming.paying_from if starts_paying else None
+    old, new = company.tier, becoming.tier if becoming.stopped_at is None else Tier.FREE
+    history, note = history_after(company.plans, becoming, now)
+    starts_paying = becoming.stopped_at is None and not company.plans.at(now).billed
     await companies.set_subscription(
         company.id,
         customer_id=becoming.customer,
         subscription_id=becoming.subscription_id,
         status=becoming.status,
         tier=new,
-        usage_stamped_from=stamped_from,
+        usage_stamped_from=becoming.paying_from if starts_paying else None,
     )
-    this_month = month_of(now)
-    if stamped_from is not None:
-        # The current month only (docs/design.md): a closed month is invoiced already.
-        month = max(month_of(stamped_from), this_month)
-        repriced = await usage.reprice_rollups(company.id, month)
-        released = await usage.release_local_events(company.id, month)
-        logger.info(
-            "company %s starts paying (%s) from %s: %d events released to Stripe, %d rollups "
-            "repriced",
-            company.id,
-            new.value,
-            stamped_from.isoformat(),
-            released,
-            repriced,
-        )
-    elif old is not new and took_effect_at_month_start(becoming.tier_since, now):
-        # On the 1st, as Meterline schedules changes: events recorded since 00:00, before this
-        # event arrived, opened the month at the old tier. Stripe prices the month by the new
-        # one, and so must we; a company that stopped paying keeps this month here.
-        await usage.reprice_rollups(company.id, this_month)
-        if new is Tier.FREE:
-            await usage.withhold_pending_events(company.id, this_month)
-    elif old is not new:
-        message = (
-            f"subscription {becoming.subscription_id} moved company {company.id} from "
-            f"{old.value} to {new.value} in the middle of the month as Stripe reports it; this "
-            f"month's usage stays priced at {old.value} here, Stripe prices it its own way"
-        )
+    await store_history(company, history, now=now)
+    if note is not None and old is not new:
+        logger.warning("company %s: %s", company.id, note)
         await flags.raise_flag(
             kind=Flag.TIER_CHANGED_IN_STRIPE,
             object_id=becoming.subscription_id,
-            message=message,
+            message=note,
             company_id=company.id,
             now=now,
         )
@@ -364,3 +472,51 @@ def _mirror(
         created=state.created,
         read_seq=read_seq,
     )
+
+
+# --- subscription schedules ---------------------------------------------------------------------
+
+PENDING_SCHEDULE_STATUSES = frozenset({"not_started", "active"})
+
+
+async def apply_schedule(state: ScheduleState, *, now: datetime) -> Outcome:
+    """A subscription schedule as Stripe holds it now (created, edited or released in the
+    dashboard, or by Meterline): its next phase's tier is the company's scheduled change, and a
+    schedule that no longer runs leaves none. Applied in the caller's transaction."""
+    if state.subscription_id is None:
+        return Outcome(False, f"schedule {state.id} has no subscription")
+    mirror = await subscriptions.get(state.subscription_id)
+    if mirror is None:
+        return Outcome(False, f"schedule {state.id}: subscription {state.subscription_id} unknown")
+    company = await companies.lock(mirror.company_id)
+    assert company is not None
+    if company.stripe_subscription_id != state.subscription_id:
+        return Outcome(True, "not the company's current subscription: nothing changes")
+    only_changes = frozenset({Reason.SCHEDULED_CHANGE})
+    history = company.plans.without_scheduled(now, reasons=only_changes)
+    tier = tier_of(state.next_phase_prices)
+    starts = state.next_phase_start
+    if (
+        state.status in PENDING_SCHEDULE_STATUSES
+        and tier is not None
+        and starts is not None
+        and starts > now
+        and (tier, version_of(state.next_phase_prices))
+        != (company.plans.at(now).tier, company.plans.at(now).version)
+    ):
+        history = history.with_period(
+            PlanPeriod(
+                starts,
+                tier,
+                version_of(state.next_phase_prices),
+                billed=True,
+                subscription_id=state.subscription_id,
+                reason=Reason.SCHEDULED_CHANGE,
+            ),
+            drop_scheduled_after=False,
+        )
+    else:
+        tier = None
+    await store_history(company, history, now=now)
+    await companies.set_scheduled_tier(company.id, tier)
+    return Outcome(True)

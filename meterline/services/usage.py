@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections import Counter
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -23,11 +22,18 @@ from meterline.billing.periods import (
     month_of,
     months_back,
 )
+from meterline.billing.plans import (
+    MONTHLY_VOLUME_CEILING,
+    Applied,
+    applied,
+    month_plan,
+    plan_of,
+)
 from meterline.billing.pricing import MeterStatement, price_meter, total_overage_cost
-from meterline.db import companies, sql, subscriptions, tiers, usage
+from meterline.db import companies, sql, tiers, usage
 from meterline.db.companies import Company
 from meterline.db.engine import DB
-from meterline.db.usage import NewEvent, StoredEvent
+from meterline.db.usage import NewEvent, PlanChanged, Pricing, StoredEvent
 from meterline.services.errors import BadUserInput, IdempotencyKeyReused
 
 MAX_METADATA_BYTES = 4096
@@ -37,6 +43,8 @@ CLOCK_SKEW = timedelta(seconds=5)
 MAX_HISTORY_MONTHS = 24
 MAX_PAGE_SIZE = 100
 MAX_BATCH_EVENTS = 1_000
+# A recording that keeps meeting plan changes (each one a committed webhook) gives up.
+MAX_PLAN_RETRIES = 5
 
 
 @dataclass(frozen=True)
@@ -200,7 +208,16 @@ def _given_occurred_at(occurred_at: datetime | None) -> datetime | None:
         raise BadUserInput("occurredAt is out of range") from exc
 
 
-def _billable_occurred_at(given: datetime | None, now: datetime, grace_hours: int) -> datetime:
+@dataclass(frozen=True)
+class LateWindow:
+    """How late last month's events are accepted: Stripe's finalisation grace, less a margin
+    that leaves the sync time to deliver them before the invoice is final."""
+
+    grace_hours: int = 1
+    margin_minutes: int = 0
+
+
+def _billable_occurred_at(given: datetime | None, now: datetime, late: LateWindow) -> datetime:
     """When the event happened, for billing: now by default; a caller's clock a few seconds
     ahead is floored to now; the past only as far as Stripe still bills it."""
     if given is None:
@@ -209,7 +226,7 @@ def _billable_occurred_at(given: datetime | None, now: datetime, grace_hours: in
         if given - now > CLOCK_SKEW:
             raise BadUserInput("occurredAt is in the future")
         return now
-    window = billable_window(now, grace_hours)
+    window = billable_window(now, late.grace_hours, late.margin_minutes)
     if given < window.earliest:
         raise BadUserInput(
             f"occurredAt {given.isoformat()} is in a closed period: events may date back to "
@@ -243,8 +260,27 @@ class _KeyTaken(Exception):
     pass
 
 
+def _late(late_grace_hours: int, late_margin_minutes: int) -> LateWindow:
+    return LateWindow(late_grace_hours, late_margin_minutes)
+
+
+def pricing_of(plan: Applied, event_type: EventType) -> Pricing:
+    """What an event writes into its month's rollup: the month's plan and its instant's cap."""
+    return Pricing(
+        tier=plan.month_plan.tier,
+        version=plan.month_plan.version,
+        allowance=plan.month_plan.allowance(event_type),
+        cap=plan.cap(event_type),
+    )
+
+
 async def record_usage(
-    company_id: uuid.UUID, request: RecordRequest, *, now: datetime, late_grace_hours: int
+    company_id: uuid.UUID,
+    request: RecordRequest,
+    *,
+    now: datetime,
+    late_grace_hours: int,
+    late_margin_minutes: int = 0,
 ) -> RecordOutcome:
     _validate(request)
     metadata = _validated_metadata(request.metadata)
@@ -260,45 +296,58 @@ async def record_usage(
         return await _replay(company_id, key, fingerprint, given) if key is not None else None
 
     try:
-        occurred_at = _billable_occurred_at(given, now, late_grace_hours)
+        occurred_at = _billable_occurred_at(
+            given, now, _late(late_grace_hours, late_margin_minutes)
+        )
     except BadUserInput:
         if replay := await retried():
             return replay
         raise
+    month = month_of(occurred_at)
+    catalog = await tiers.cached_catalog()
     async with sql.pinned():  # one pooled connection for the request's two or three statements
-        company = await companies.get_or_create(company_id, now=now)
-        if company.dunning.status(now) is BillingStatus.RESTRICTED:
-            return await retried() or PaymentRequired(
-                grace_ended_at=company.dunning.grace_ends_at or now
+        for _ in range(MAX_PLAN_RETRIES):
+            company = await companies.get_or_create(company_id, now=now)
+            if company.dunning.status(now) is BillingStatus.RESTRICTED:
+                return await retried() or PaymentRequired(
+                    grace_ended_at=company.dunning.grace_ends_at or now
+                )
+            plan = applied(company.plans, catalog, occurred_at, month)
+            new_event = NewEvent(
+                id=uuid.uuid4(),
+                company_id=company_id,
+                event_type=request.event_type,
+                quantity=request.quantity,
+                occurred_at=occurred_at,
+                month=month,
+                idempotency_key=key,
+                metadata=metadata,
+                sync_state="pending" if plan.billed else "local_only",
             )
-        new_event = NewEvent(
-            id=uuid.uuid4(),
-            company_id=company_id,
-            event_type=request.event_type,
-            quantity=request.quantity,
-            occurred_at=occurred_at,
-            month=month_of(occurred_at),
-            idempotency_key=key,
-            metadata=metadata,
-            sync_state="pending" if company.bills_usage else "local_only",
-        )
-        try:
-            written = await usage.record_event(
-                new_event, fingerprint=fingerprint, occurred_at_given=given
-            )
-        except usage.KeyTaken:  # stored before, or by a concurrent request that committed first
-            replay = await retried()
-            if replay is None:  # its holder is gone (cannot happen while keys are never deleted)
-                raise IdempotencyKeyReused(
-                    "idempotencyKey is in use by another request; retry"
-                ) from None
-            return replay
-        if written is None:
-            return await retried() or await _limit_exceeded(
-                company, new_event.month, new_event.event_type, new_event.quantity
-            )
-    event, total = written
-    return Recorded(event, _statement(event.event_type, total), duplicate=False)
+            try:
+                written = await usage.record_event(
+                    new_event,
+                    fingerprint=fingerprint,
+                    occurred_at_given=given,
+                    pricing=pricing_of(plan, request.event_type),
+                    plan_seq=company.plan_seq,
+                )
+            except PlanChanged:  # a plan change committed meanwhile: decide again by it
+                continue
+            except usage.KeyTaken:  # stored before, or by a concurrent request that committed
+                replay = await retried()
+                if replay is None:  # its holder is gone (cannot happen: keys are kept)
+                    raise IdempotencyKeyReused(
+                        "idempotencyKey is in use by another request; retry"
+                    ) from None
+                return replay
+            if written is None:
+                return await retried() or await _refused(
+                    company, plan, month, request.event_type, request.quantity
+                )
+            event, total = written
+            return Recorded(event, _statement(event.event_type, total), duplicate=False)
+    raise PlanChanged(f"company {company_id}: the plan kept changing during the recording")
 
 
 async def _replay(
@@ -321,16 +370,19 @@ async def _replay(
     return Recorded(original, _statement(original.event_type, total), duplicate=True)
 
 
-async def _limit_exceeded(
-    company: Company, month: date, event_type: EventType, requested: int
+async def _refused(
+    company: Company, plan: Applied, month: date, event_type: EventType, requested: int
 ) -> LimitExceeded:
+    """Why the rollup refused `requested` units: the cap of the event's instant, or the monthly
+    volume ceiling (BAD_USER_INPUT)."""
     total = await usage.rollup(company.id, month, event_type)
-    if total is not None and total.cap is not None:
-        cap, used = total.cap, total.used
-    else:  # no row yet: refused by the current tier's cap
-        plan = (await tiers.cached_plans())[company.tier]
-        cap, used = plan.cap(event_type) or 0, total.used if total else 0
-    return LimitExceeded(event_type, cap, used, requested)
+    used = total.used if total else 0
+    if used + requested > MONTHLY_VOLUME_CEILING:
+        raise BadUserInput(
+            f"{event_type.value}: {used:,} used in {format_month(month)} and {requested:,} "
+            f"requested pass the monthly volume ceiling of {MONTHLY_VOLUME_CEILING:,} units"
+        )
+    return LimitExceeded(event_type, plan.cap(event_type) or 0, used, requested)
 
 
 # --- recording a batch ----------------------------------------------------------------------
@@ -423,13 +475,17 @@ async def record_usage_batch(
     *,
     now: datetime,
     late_grace_hours: int,
+    late_margin_minutes: int = 0,
 ) -> BatchOutcome:
     checked = _check_batch(requests)
+    late = _late(late_grace_hours, late_margin_minutes)
+    catalog = await tiers.cached_catalog()
     keys = sorted({r.idempotency_key for r in requests if r.idempotency_key is not None})
     # An attempt is run again only when a concurrent request stored one of the batch's keys
     # after the look-up (the claim waits for an open holder, so it has committed): the next
-    # look-up finds one more key each time, which bounds the attempts by the keys.
-    for _ in range(len(keys) + 1):
+    # look-up finds one more key each time, which bounds the attempts by the keys. A plan
+    # change committed meanwhile also runs it again, a bounded number of times.
+    for _ in range(len(keys) + 1 + MAX_PLAN_RETRIES):
         # As for one event, retries are answered before anything else is checked.
         replayed = _replayed(checked, await usage.find_idempotency_keys(company_id, keys))
         fresh = [i for i in checked if i.first == i.index and i.index not in replayed]
@@ -438,13 +494,16 @@ async def record_usage_batch(
         occurred: dict[int, datetime] = {}
         for i in fresh:
             try:
-                occurred[i.index] = _billable_occurred_at(i.given, now, late_grace_hours)
+                occurred[i.index] = _billable_occurred_at(i.given, now, late)
             except BadUserInput as exc:
                 raise BadUserInput(f"events[{i.index}]: {exc}") from exc
         company = await companies.get_or_create(company_id, now=now)
         if company.dunning.status(now) is BillingStatus.RESTRICTED:
             return PaymentRequired(grace_ended_at=company.dunning.grace_ends_at or now)
-        sync_state = "pending" if company.bills_usage else "local_only"
+        plans = {
+            index: applied(company.plans, catalog, at, month_of(at))
+            for index, at in occurred.items()
+        }
         new_events = {
             i.index: NewEvent(
                 id=uuid.uuid4(),
@@ -455,7 +514,7 @@ async def record_usage_batch(
                 month=month_of(occurred[i.index]),
                 idempotency_key=i.request.idempotency_key,
                 metadata=i.metadata,
-                sync_state=sync_state,
+                sync_state="pending" if plans[i.index].billed else "local_only",
             )
             for i in fresh
         }
@@ -464,18 +523,43 @@ async def record_usage_batch(
             for i in fresh
             if (key := i.request.idempotency_key) is not None
         ]
+        groups = _group_pricing(new_events, plans)
         try:
-            written = await _write_batch(company_id, new_events, claims)
-        except _KeyTaken:  # a concurrent request took one of the keys: look them up again
+            written = await _write_batch(company_id, new_events, claims, groups, company.plan_seq)
+        except (_KeyTaken, PlanChanged):  # a key taken, or the plan changed: look again
             continue
         except _GroupCapReached as refused:
             # The rollups are checked before the keys are claimed: a cap reached by a
             # concurrent copy of this batch makes it a retry, answered from its keys.
             if claims and await usage.find_idempotency_keys(company_id, [c.key for c in claims]):
                 continue
-            return await _limit_exceeded(company, refused.month, refused.event_type, refused.total)
+            plan = next(
+                plans[index]
+                for index, e in new_events.items()
+                if (e.month, e.event_type) == (refused.month, refused.event_type)
+            )
+            return await _refused(company, plan, refused.month, refused.event_type, refused.total)
         return _batch_answer(checked, replayed, written)
-    raise AssertionError("a batch's attempt failed without another of its keys stored")
+    raise PlanChanged(f"company {company_id}: the batch kept meeting concurrent changes")
+
+
+def _group_pricing(
+    new_events: dict[int, NewEvent], plans: dict[int, Applied]
+) -> dict[tuple[date, EventType], tuple[int, Pricing]]:
+    """Per (month, event type): the batch's total, and what its rollup is priced and capped by
+    (the month's plan; the strictest cap of the group's instants)."""
+    groups: dict[tuple[date, EventType], tuple[int, Pricing]] = {}
+    for index, event in new_events.items():
+        group = (event.month, event.event_type)
+        pricing = pricing_of(plans[index], event.event_type)
+        if group in groups:
+            total, known = groups[group]
+            caps = [c for c in (known.cap, pricing.cap) if c is not None]
+            pricing = Pricing(known.tier, known.version, known.allowance, min(caps, default=None))
+            groups[group] = (total + event.quantity, pricing)
+        else:
+            groups[group] = (event.quantity, pricing)
+    return groups
 
 
 class _GroupCapReached(Exception):
@@ -485,20 +569,22 @@ class _GroupCapReached(Exception):
 
 
 async def _write_batch(
-    company_id: uuid.UUID, new_events: dict[int, NewEvent], claims: list[usage.KeyClaim]
+    company_id: uuid.UUID,
+    new_events: dict[int, NewEvent],
+    claims: list[usage.KeyClaim],
+    totals: dict[tuple[date, EventType], tuple[int, Pricing]],
+    plan_seq: int,
 ) -> dict[int, StoredEvent]:
     """The events, the rollups and then the keys, in the same lock order as one recording
-    (rollups, then keys, each sorted), so a batch and a recording sharing a rollup or a key
-    wait for each other and never deadlock: one transaction, all or nothing."""
-    totals: Counter[tuple[date, EventType]] = Counter()
-    for event in new_events.values():
-        totals[(event.month, event.event_type)] += event.quantity
+    (the company's share lock, rollups, then keys, each sorted), so a batch and a recording
+    sharing a rollup or a key wait for each other and never deadlock: one transaction, all or
+    nothing."""
     async with DB.transaction():
         stored = await usage.insert_events(list(new_events.values()))
-        added = await usage.add_to_rollups(company_id, totals)
+        added = await usage.add_to_rollups(company_id, totals, plan_seq=plan_seq)
         if len(added) < len(totals):
             month, event_type = min(set(totals) - set(added), key=lambda g: (g[0], g[1].value))
-            raise _GroupCapReached(month, event_type, totals[(month, event_type)])
+            raise _GroupCapReached(month, event_type, totals[(month, event_type)][0])
         if claims and await usage.claim_idempotency_keys(company_id, claims) < len(claims):
             raise _KeyTaken
         written = dict(zip(new_events, stored, strict=True))
@@ -533,20 +619,19 @@ def _statement(event_type: EventType, total: usage.Rollup) -> MeterStatement:
 
 
 async def _month_summaries(company: Company, months: list[date]) -> list[MonthSummary]:
-    """Each month priced by the allowances copied into its rollups; an event type without a
-    rollup that month shows the allowance of the month's tier (the company's, if none)."""
+    """Each month priced by the plan copied into its rollups; an event type without a rollup
+    that month shows the allowance of the plan that prices the month (its plan history)."""
     if not months:
         return []
-    plans = await tiers.cached_plans()
+    catalog = await tiers.cached_catalog()
     totals = await usage.rollups(company.id, min(months), max(months))
     summaries = []
     for month in months:
-        month_rollups = {t: r for (m, t), r in totals.items() if m == month}
-        tier = next(iter(month_rollups.values())).tier if month_rollups else company.tier
+        plan = month_plan(company.plans, catalog, month)
         meters = [
-            _statement(t, month_rollups[t])
-            if t in month_rollups
-            else price_meter(t, 0, plans[tier].allowance(t))
+            _statement(t, totals[(month, t)])
+            if (month, t) in totals
+            else price_meter(t, 0, plan.allowance(t))
             for t in EventType
         ]
         summaries.append(MonthSummary(month, meters))
@@ -557,22 +642,29 @@ async def current_usage(company: Company, now: datetime) -> list[MeterStatement]
     return (await _month_summaries(company, [month_of(now)]))[0].meters
 
 
-async def scheduled_tier(company: Company) -> Tier | None:
-    """The tier that starts on the next 1st, if a change is pending: FREE when the current
-    subscription ends at its period's end, else the tier Meterline scheduled."""
-    if company.stripe_subscription_id is not None:
-        current = await subscriptions.get(company.stripe_subscription_id)
-        if current is not None and current.cancel_at_period_end and company.tier is not Tier.FREE:
-            return Tier.FREE
-    return company.scheduled_tier
+async def tier_now(company: Company, now: datetime) -> Tier:
+    """The tier whose rules apply now (free while a subscription is paused or ended)."""
+    return plan_of(company.plans.at(now), await tiers.cached_catalog(), now).tier
+
+
+async def scheduled_tier(company: Company, now: datetime) -> Tier | None:
+    """The tier of the next change in the company's plan history (a schedule's next phase, or
+    free when the subscription ends at its period's end), if one is pending."""
+    change = company.plans.next_change(now)
+    if change is None:
+        return None
+    catalog = await tiers.cached_catalog()
+    tier = plan_of(change, catalog, change.effective_from).tier
+    return tier if tier is not await tier_now(company, now) else None
 
 
 async def usage_limits(company: Company, now: datetime) -> Limits:
-    plan = (await tiers.cached_plans())[company.tier]
+    catalog = await tiers.cached_catalog()
+    plan = plan_of(company.plans.at(now), catalog, now)
     summary = (await _month_summaries(company, [month_of(now)]))[0]
     return Limits(
-        tier=company.tier,
-        scheduled_tier=await scheduled_tier(company),
+        tier=plan.tier,
+        scheduled_tier=await scheduled_tier(company, now),
         billing_status=company.dunning.status(now),
         grace_ends_at=company.dunning.grace_ends_at,
         grace_period_days=plan.grace_days,

@@ -25,7 +25,12 @@ from meterline.metrics import DATABASE_BUSY
 from meterline.services.backfill import assumed_failure
 from meterline.services.invoices import apply_invoice
 from meterline.services.meter_errors import record_meter_errors
-from meterline.services.subscriptions import Outcome, apply_subscription, company_named
+from meterline.services.subscriptions import (
+    Outcome,
+    apply_schedule,
+    apply_subscription,
+    company_named,
+)
 from meterline.stripe_gateway.client import StripeNotConfigured
 from meterline.stripe_gateway.mirror import ObjectMissing, StripeReader, StripeReadFailed
 
@@ -47,11 +52,21 @@ INVOICE_EVENTS = frozenset(
         "marked_uncollectible",
     )
 )
+SCHEDULE_EVENTS = frozenset(
+    f"subscription_schedule.{what}"
+    for what in ("created", "updated", "released", "canceled", "completed", "aborted")
+)
 CHECKOUT_COMPLETED = "checkout.session.completed"
 METER_ERROR_EVENTS = frozenset(
     {"v1.billing.meter.error_report_triggered", "v1.billing.meter.no_meter_found"}
 )
-HANDLED_EVENTS = SUBSCRIPTION_EVENTS | INVOICE_EVENTS | {CHECKOUT_COMPLETED} | METER_ERROR_EVENTS
+HANDLED_EVENTS = (
+    SUBSCRIPTION_EVENTS
+    | SCHEDULE_EVENTS
+    | INVOICE_EVENTS
+    | {CHECKOUT_COMPLETED}
+    | METER_ERROR_EVENTS
+)
 
 Step = Callable[[], Awaitable[Outcome]]  # the database part of applying an event
 
@@ -161,7 +176,15 @@ class WebhookProcessor:
         now = self.clock()
         obj = stored.payload.get("data", {}).get("object", {})
         if stored.type in SUBSCRIPTION_EVENTS:
-            return await self._subscription_step(stored.object_id, now)
+            return await self._subscription_step(stored.object_id, now, observed_at=stored.created)
+        if stored.type in SCHEDULE_EVENTS:
+            if stored.object_id is None:
+                return _done(Outcome(False, "the event names no schedule"))
+            try:
+                schedule = await self.reader().subscription_schedule(stored.object_id)
+            except ObjectMissing as exc:
+                return _done(Outcome(False, f"Stripe has no schedule {stored.object_id}: {exc}"))
+            return lambda: apply_schedule(schedule, now=now)
         if stored.type == CHECKOUT_COMPLETED:
             subscription = obj.get("subscription")
             if isinstance(subscription, dict):
@@ -183,7 +206,11 @@ class WebhookProcessor:
         return _done(Outcome(False, f"{stored.type} is not handled"))
 
     async def _subscription_step(
-        self, subscription_id: str | None, now: datetime, company_hint: uuid.UUID | None = None
+        self,
+        subscription_id: str | None,
+        now: datetime,
+        company_hint: uuid.UUID | None = None,
+        observed_at: datetime | None = None,
     ) -> Step:
         if subscription_id is None:
             return _done(Outcome(False, "the event names no subscription"))
@@ -193,7 +220,11 @@ class WebhookProcessor:
         except ObjectMissing as exc:
             return _done(Outcome(False, f"Stripe has no subscription {subscription_id}: {exc}"))
         return lambda: apply_subscription(
-            state, read_seq=read_seq, now=now, company_hint=company_hint
+            state,
+            read_seq=read_seq,
+            now=now,
+            company_hint=company_hint,
+            observed_at=min(observed_at, now) if observed_at else None,
         )
 
     async def _invoice_step(self, stored: StoredWebhookEvent, now: datetime) -> Step:

@@ -9,7 +9,7 @@ records (amounts as Decimal, in minor units), so the decisions in
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, cast
 
@@ -89,6 +89,7 @@ class StripePrice:
     product: str
     active: bool
     spec: PriceSpec | None  # None: a shape Meterline never creates (volume tiers, one-off, ...)
+    metadata: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,7 @@ def _price(obj: Any) -> StripePrice:
         product=str(product or ""),
         active=bool(d.get("active")),
         spec=price_spec_of(d),
+        metadata={str(k): str(v) for k, v in (d.get("metadata") or {}).items()},
     )
 
 

@@ -50,6 +50,21 @@ class SubscriptionState:
     prices: tuple[PriceRef, ...]
     ended_at: datetime | None = None
     base_price_since: datetime | None = None  # when its base (licensed) price item was added
+    # `pause_collection.behavior` while payment collection is paused (the status stays
+    # active): keep_as_draft, mark_uncollectible or void; None when collecting.
+    pause_collection: str | None = None
+    schedule_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ScheduleState:
+    """A subscription schedule: what its next phase (if any) will bill, and from when."""
+
+    id: str
+    subscription_id: str | None
+    status: str  # not_started, active, completed, released, canceled
+    next_phase_start: datetime | None
+    next_phase_prices: tuple[PriceRef, ...]
 
 
 @dataclass(frozen=True)
@@ -163,7 +178,13 @@ def subscription_state(sub: stripe.Subscription) -> SubscriptionState:
                 default=None,
             )
         ),
+        pause_collection=_optional_str(optional(optional(sub, "pause_collection"), "behavior")),
+        schedule_id=_id(optional(sub, "schedule")),
     )
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def line_price_id(line: Any) -> str | None:
@@ -264,7 +285,10 @@ class StripeReader:
         self._price_reads: dict[str, asyncio.Future[stripe.Price]] = {}
 
     async def _line_prices(self, lines: list[Any]) -> dict[str, PriceRef]:
-        for price_id in {p for p in map(line_price_id, lines) if p and p not in self._prices}:
+        return await self._line_prices_by_id([p for p in map(line_price_id, lines) if p])
+
+    async def _line_prices_by_id(self, price_ids: list[str]) -> dict[str, PriceRef]:
+        for price_id in {p for p in price_ids if p not in self._prices}:
             # Concurrent handlers missing the same price share one read.
             task = self._price_reads.get(price_id)
             if task is None:
@@ -283,6 +307,40 @@ class StripeReader:
         except stripe.StripeError as exc:
             raise _failure(exc) from exc
         return subscription_state(sub)
+
+    async def subscription_schedule(self, schedule_id: str) -> ScheduleState:
+        """The schedule and the prices of its next phase (each read: a phase's item names its
+        price by id)."""
+        try:
+            schedule = await self._client.v1.subscription_schedules.retrieve_async(schedule_id)
+            current = optional(schedule, "current_phase")
+            current_end = optional(current, "end_date")
+            phases = list(optional(schedule, "phases") or [])
+            upcoming = [
+                p
+                for p in phases
+                if current_end is not None and int(optional(p, "start_date") or 0) >= current_end
+            ]
+            if current is None and phases and str(schedule.status) == "not_started":
+                upcoming = phases
+            following = min(upcoming, key=lambda p: int(p.start_date), default=None)
+            price_ids = [
+                pid
+                for item in (optional(following, "items") or [])
+                if (pid := _id(optional(item, "price"))) is not None
+            ]
+            prices = await self._line_prices_by_id(price_ids)
+        except stripe.StripeError as exc:
+            raise _failure(exc) from exc
+        return ScheduleState(
+            id=str(schedule.id),
+            # A released schedule no longer names its subscription, only the one it released.
+            subscription_id=_id(optional(schedule, "subscription"))
+            or _id(optional(schedule, "released_subscription")),
+            status=str(schedule.status),
+            next_phase_start=_ts(optional(following, "start_date")),
+            next_phase_prices=tuple(prices[p] for p in price_ids if p in prices),
+        )
 
     async def invoice(self, invoice_id: str) -> InvoiceState:
         try:
