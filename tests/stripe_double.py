@@ -16,7 +16,8 @@ Behaviours that matter to an exactly-once sync:
   (customer, meter) while one is in flight answers 429 (`code=rate_limit`).
 - `Idempotency-Key` on POST replays the first answer, as Stripe does.
 - Failure injection (`fail`): answer 429 or 500, stall past the client's timeout and then
-  process, process and drop the connection unanswered, or drop it before processing.
+  process, process and drop the connection unanswered, or drop it before processing; for
+  every matching request, or only the next `times` of them.
 
 Subscriptions and invoices (for the webhooks work):
 - GET /v1/subscriptions filters by `customer`, `price`, `created` and `status` (default: all but
@@ -38,6 +39,9 @@ Plan changes (checkout, schedules, the portal):
   `proration_behavior`. GET /v1/checkout/sessions/{id}. `complete_checkout` is the customer
   paying: customer created if none, subscription started now with the anchor and a prorated
   first period [now, anchor), session "complete"; returns the checkout.session.completed event.
+  An open session past its `expires_at` reads as "expired". POST
+  /v1/checkout/sessions/{id}/expire expires an open session and refuses (400) one that is
+  expired or complete, as Stripe does.
 - POST /v1/subscriptions/{id}: `cancel_at_period_end` (refused while a schedule manages the
   subscription), `metadata`, `cancellation_details`, `proration_behavior`; a canceled
   subscription only takes metadata and cancellation_details.
@@ -770,6 +774,7 @@ class _FailureRule:
     path_prefix: str
     stall_seconds: float
     rng: random.Random
+    times: int | None = None  # hits left before the rule lifts itself; None = no limit
 
     def hits(self, path: str) -> bool:
         return path.startswith(self.path_prefix) and self.rng.random() < self.share
@@ -869,13 +874,14 @@ class StripeDouble:
         path_prefix: str = "/v1/billing/meter_events",
         seed: int = 0,
         stall_seconds: float = 30.0,
+        times: int | None = None,
     ) -> None:
         """Fail `share` of the requests whose path starts with `path_prefix` (a seeded draw per
-        request). A rule replaces one of the same kind and prefix; rules of other kinds add up
-        (the first whose draw hits applies)."""
+        request), the first `times` of them only when given. A rule replaces one of the same
+        kind and prefix; rules of other kinds add up (the first whose draw hits applies)."""
         if kind not in ("429", "500", "stall", "drop", "drop_before"):
             raise ValueError(f"unknown failure kind {kind!r}")
-        rule = _FailureRule(kind, share, path_prefix, stall_seconds, random.Random(seed))
+        rule = _FailureRule(kind, share, path_prefix, stall_seconds, random.Random(seed), times)
         with self._lock:
             self._failures = [
                 r for r in self._failures if (r.kind, r.path_prefix) != (kind, path_prefix)
@@ -1348,7 +1354,7 @@ class StripeDouble:
         if index + 1 < len(phases):
             phase = phases[index + 1]
             before = self._render("subscription", sub)["items"]
-            lines = [(item["price"], item["quantity"]) for item in phase["items"]]
+            lines = [(item["price"], item.get("quantity")) for item in phase["items"]]
             self._replace_items(sub, lines, at, _add_month(at), at)
             merged = dict(sub["metadata"])
             for key, value in phase["metadata"].items():
@@ -1440,6 +1446,7 @@ class StripeDouble:
             discounts=[],
             end_date=end,
             invoice_settings=None,
+            # Stripe leaves `quantity` out of a metered price's item (no null: no key at all).
             items=[
                 {
                     "billing_thresholds": None,
@@ -1447,7 +1454,7 @@ class StripeDouble:
                     "metadata": {},
                     "plan": price_id,
                     "price": price_id,
-                    "quantity": quantity,
+                    **({} if quantity is None else {"quantity": quantity}),
                     "tax_rates": [],
                 }
                 for price_id, quantity in lines
@@ -2231,6 +2238,28 @@ class StripeDouble:
         )
         return self._reply("checkout.session", session, req)
 
+    def _lapse(self, session: dict[str, Any]) -> dict[str, Any]:
+        """An open session past its `expires_at` is expired, as Stripe expires it then."""
+        if session["status"] == "open" and self._now() >= session["expires_at"]:
+            session.update(status="expired", url=None)
+        return session
+
+    def _checkout_sessions_retrieve(self, req: _Request) -> dict[str, Any]:
+        session = self._lapse(self._get("checkout.session", req.args["id"]))
+        return self._reply("checkout.session", session, req)
+
+    def _checkout_sessions_expire(self, req: _Request) -> dict[str, Any]:
+        """Only an open session can be expired (Stripe: "A Checkout Session can be expired
+        when it is in one of these statuses: open"); an expired or complete one is a 400."""
+        session = self._lapse(self._get("checkout.session", req.args["id"]))
+        if session["status"] != "open":
+            raise _invalid(
+                "Only Checkout Sessions with a status in [open] can be expired. This Checkout "
+                f"Session has a status of `{session['status']}`."
+            )
+        session.update(status="expired", url=None)
+        return self._reply("checkout.session", session, req)
+
     def _portal_sessions_create(self, req: _Request) -> dict[str, Any]:
         p = req.params
         _only(p, {"configuration", "customer", "return_url"})
@@ -2446,7 +2475,7 @@ class StripeDouble:
                 "end_date": current["end_date"],
             }
             sub = self._objects["subscription"][schedule["subscription"]]
-            wanted = [(item["price"], item["quantity"]) for item in current["items"]]
+            wanted = [(item["price"], item.get("quantity")) for item in current["items"]]
             if wanted != [(i["price"], i["quantity"]) for i in sub["items"]["data"]]:
                 # a change to the current phase applies now, as Stripe does
                 begin, end = _period(sub) or (current["start_date"], current["end_date"])
@@ -2705,6 +2734,10 @@ class StripeDouble:
         with self._lock:
             for rule in self._failures:
                 if rule.hits(path):
+                    if rule.times is not None:
+                        rule.times -= 1
+                        if rule.times <= 0:
+                            self._failures.remove(rule)
                     return rule
         return None
 
@@ -3099,8 +3132,14 @@ _ROUTES: list[_Route] = [
     _route(
         "GET",
         "/v1/checkout/sessions/{id}",
-        _retriever("checkout.session"),
+        StripeDouble._checkout_sessions_retrieve,
         pcheckout.SessionRetrieveParams,
+    ),
+    _route(
+        "POST",
+        "/v1/checkout/sessions/{id}/expire",
+        StripeDouble._checkout_sessions_expire,
+        pcheckout.SessionExpireParams,
     ),
     _route(
         "POST",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -118,15 +118,16 @@ async def test_checkout_session_urls_and_expiry(world: StripeWorld) -> None:
     [
         (NOV_20, NOV_20 + timedelta(minutes=1), True),
         (NOV_20 + timedelta(minutes=1), NOV_20 + timedelta(minutes=59, seconds=59), True),
-        (NOV_20 + timedelta(minutes=59), NOV_20 + timedelta(minutes=61), False),  # next hour
+        # The next hour: still the company's open session (one open checkout per company).
+        (NOV_20 + timedelta(minutes=59), NOV_20 + timedelta(minutes=61), True),
     ],
 )
 async def test_a_click_repeated_later_in_the_hour_gives_the_same_session(
     world: StripeWorld, first: datetime, later: datetime, same: bool
 ) -> None:
     """Stripe refuses an idempotency key reused with other parameters (400): the parameters of
-    one hour's clicks are the same. (A checkout in a month's last 35 minutes, whose anchor Stripe
-    refuses, is issue 12's case 6.)"""
+    one hour's clicks are the same. (The company's open session is given back whatever the
+    hour: tests/test_checkout.py.)"""
     company_id = uuid.uuid4()
     world.clock.set(first)
     started = await result(world, company_id, CHECKOUT, tier="STARTER")
@@ -470,17 +471,30 @@ async def test_two_checkouts_share_the_companys_customer(world: StripeWorld) -> 
     [
         (datetime(2026, 11, 20, 12, tzinfo=UTC), DEC_1),
         (datetime(2026, 11, 30, 23, 0, tzinfo=UTC), DEC_1),
-        (datetime(2026, 11, 30, 23, 40, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC)),
-        (datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC), datetime(2027, 2, 1, tzinfo=UTC)),
+        (datetime(2026, 11, 30, 23, 24, tzinfo=UTC), DEC_1),
+        # No anchor on a 1st is valid: in a month's last 36 minutes, and in its first second.
+        (datetime(2026, 11, 30, 23, 40, tzinfo=UTC), None),
+        (datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC), None),
+        (datetime(2027, 1, 1, 0, 0, 0, 999_999, tzinfo=UTC), None),
+        (datetime(2027, 1, 1, 0, 0, 1, tzinfo=UTC), datetime(2027, 2, 1, tzinfo=UTC)),
         (datetime(2028, 2, 29, 12, tzinfo=UTC), datetime(2028, 3, 1, tzinfo=UTC)),
     ],
 )
-def test_a_checkout_expires_before_its_anchor(now: datetime, anchor: datetime) -> None:
-    from meterline.services.lifecycle import checkout_window
+def test_a_checkout_expires_before_its_anchor(now: datetime, anchor: datetime | None) -> None:
+    from meterline.services.lifecycle import checkout_opens_at, checkout_window
 
-    got_anchor, expires_at = checkout_window(now)
+    window = checkout_window(now)
+    if anchor is None:
+        assert window is None
+        opens = checkout_opens_at(now)
+        assert opens > now and opens.day == 1 and opens.time() == time(0, 0, 1)
+        assert checkout_window(opens) is not None
+        assert checkout_window(opens - timedelta(microseconds=1)) is None
+        return
+    assert window is not None
+    got_anchor, expires_at = window
     assert got_anchor == anchor
-    assert now + timedelta(minutes=30) <= expires_at < got_anchor
+    assert now + timedelta(minutes=31) <= expires_at < got_anchor
     assert expires_at <= now + timedelta(hours=24)
 
 

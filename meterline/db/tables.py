@@ -271,3 +271,22 @@ ALL_TABLES: list[type[Table]] = [
     StripeFlagRow,
     MeterErrorReportRow,
 ]
+
+
+class CheckoutSessionRow(Table, tablename="checkout_sessions", db=DB):
+    """A Stripe Checkout Session Meterline created: one `open` per company (a partial unique
+    index, migration m0011); SQL in db/checkouts.py."""
+
+    id = Varchar(length=255, primary_key=True)  # Stripe's session id
+    company_id = ForeignKey(CompanyRow, on_delete=OnDelete.restrict, null=False)
+    tier = Varchar(length=32)
+    url = Varchar(length=5000)
+    expires_at = Timestamptz()
+    status = Varchar(length=16, default="open")  # open | expired | complete
+    created_at = Timestamptz()
+    closed_at = Timestamptz(null=True, default=None)
+
+    checkout_sessions_status_known = Check("status IN ('open', 'expired', 'complete')")
+
+
+ALL_TABLES.append(CheckoutSessionRow)

@@ -65,7 +65,9 @@ async def cancel_subscription(info: Info) -> CancelSubscriptionResult:
 async def resume_subscription(info: Info) -> ResumeSubscriptionResult:
     ctx = info.context
     async with managed(info) as company:
-        return await lifecycle.resume_subscription(company, lifecycle=ctx.lifecycle())
+        return await lifecycle.resume_subscription(
+            company, lifecycle=ctx.lifecycle(), now=ctx.now()
+        )
 
 
 async def billing_portal_url(info: Info, return_url: str) -> BillingPortalResult:

@@ -10,6 +10,7 @@ import strawberry
 from meterline.services.lifecycle import (
     CancellationScheduled,
     CheckoutStarted,
+    CheckoutUnavailable,
     NoSubscription,
     NothingToResume,
     PortalSession,
@@ -20,6 +21,11 @@ from meterline.services.lifecycle import (
 )
 
 strawberry.type(CheckoutStarted, description="Send the user to `url` (Stripe Checkout).")
+strawberry.type(
+    CheckoutUnavailable,
+    description="No checkout can start now (a month's last minutes, or the company's checkout "
+    "is being paid): try again at `retryAt`.",
+)
 strawberry.type(TierChangeScheduled, description="The new tier takes effect at `effectiveAt`.")
 strawberry.type(TierChangeCanceled, description="The pending change is withdrawn.")
 strawberry.type(CancellationScheduled, description="Ends at `effectiveAt` (the period's end).")
@@ -30,7 +36,8 @@ strawberry.type(NothingToResume, description="Refused: no cancellation is pendin
 strawberry.type(StripeNotReady, description="Refused: Stripe lacks the tier's prices.")
 
 StartCheckoutResult = Annotated[
-    CheckoutStarted | StripeNotReady, strawberry.union("StartCheckoutResult")
+    CheckoutStarted | CheckoutUnavailable | StripeNotReady,
+    strawberry.union("StartCheckoutResult"),
 ]
 ChangeTierResult = Annotated[
     TierChangeScheduled

@@ -5,10 +5,15 @@ phase, starting at the current period's end (the 1st), carries the new tier's pr
 cancellation is `cancel_at_period_end`. Only the customer and the checkout session carry
 idempotency keys (a retry must find the same one); a schedule update is a new request each
 time (a key reused for another change would replay the old answer).
+
+Stripe objects are read as Stripe sends them: a field it may leave out (a metered price's
+`quantity` on a schedule phase item, say) is read with `_optional`, never as an attribute, which
+raises AttributeError when the key is absent.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +23,8 @@ import stripe
 
 from meterline.stripe_gateway.catalog import StripeCatalog
 from meterline.stripe_gateway.client import StripeRejection, rejection_of
+
+logger = logging.getLogger(__name__)
 
 
 class LifecycleFailed(Exception):
@@ -41,6 +48,38 @@ class CheckoutSession:
     id: str
     url: str
     expires_at: datetime
+
+
+@dataclass(frozen=True)
+class CheckoutState:
+    """Where a Checkout Session stands in Stripe: `open`, `complete` (paid: `subscription` is
+    the one it made) or `expired`; Stripe may add statuses."""
+
+    id: str
+    status: str
+    subscription: str | None
+
+
+def _optional(obj: Any, name: str) -> Any:
+    """A field Stripe may leave out of an object (no key at all, not null): None then.
+    (stripe-python's objects raise AttributeError for a missing key, and have no `.get`.)"""
+    return getattr(obj, name, None)
+
+
+def _id_of(value: Any) -> str | None:
+    """An expandable field: an id, an expanded object, or nothing."""
+    if value is None or isinstance(value, str):
+        return value
+    found = _optional(value, "id")
+    return str(found) if found is not None else None
+
+
+def _checkout_state(session: Any) -> CheckoutState:
+    return CheckoutState(
+        id=str(session.id),
+        status=str(_optional(session, "status") or "unknown"),
+        subscription=_id_of(_optional(session, "subscription")),
+    )
 
 
 @dataclass(frozen=True)
@@ -107,11 +146,45 @@ class StripeLifecycle:
             )
         except stripe.StripeError as exc:
             raise _failed(exc) from exc
+        url = _optional(session, "url")  # null for sessions not hosted by Stripe
+        if not url:
+            raise LifecycleFailed(
+                f"Stripe made checkout session {session.id} without a URL", rejection=None
+            )
         return CheckoutSession(
             id=str(session.id),
-            url=str(session.url),
+            url=str(url),
             expires_at=datetime.fromtimestamp(int(session.expires_at), UTC),
         )
+
+    async def checkout_state(self, session_id: str) -> CheckoutState | None:
+        """The session as Stripe has it now; None when Stripe has no such session."""
+        try:
+            session = await self._client.v1.checkout.sessions.retrieve_async(session_id)
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status == 404:
+                return None
+            raise _failed(exc) from exc
+        except stripe.StripeError as exc:
+            raise _failed(exc) from exc
+        return _checkout_state(session)
+
+    async def expire_checkout(self, session_id: str) -> CheckoutState | None:
+        """Expire an open session, so it can no longer be paid. Stripe expires only an open
+        one: when it refuses, the session's state says why (paid, already expired, or being
+        paid); None when Stripe has no such session."""
+        try:
+            session = await self._client.v1.checkout.sessions.expire_async(session_id)
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status == 404:
+                return None
+            if rejection_of(exc) is None:
+                raise _failed(exc) from exc
+            logger.info("Stripe did not expire checkout session %s: %s", session_id, exc)
+            return await self.checkout_state(session_id)
+        except stripe.StripeError as exc:
+            raise _failed(exc) from exc
+        return _checkout_state(session)
 
     async def create_customer(self, company_id: str) -> str:
         """The company's Stripe customer, made once (the key is the company's: a retry or a
@@ -129,37 +202,26 @@ class StripeLifecycle:
         self, subscription_id: str, schedule_id: str | None, prices: Sequence[PlanPrice]
     ) -> str:
         """From the end of the current period (the 1st), the subscription carries `prices`;
-        a pending change is replaced. Returns the schedule's id."""
+        a pending change is replaced. Returns the schedule's id.
+
+        Without `schedule_id` the schedule is created from the subscription first; if a later
+        step fails, that schedule is released again before the failure is raised, so Stripe is
+        left as it was found (a cancellation the schedule took over is put back)."""
+        created: Any = None
         try:
             if schedule_id is None:
-                schedule = await self._client.v1.subscription_schedules.create_async(
+                created = schedule = await self._client.v1.subscription_schedules.create_async(
                     {"from_subscription": subscription_id}
                 )
             else:
                 schedule = await self._client.v1.subscription_schedules.retrieve_async(schedule_id)
-            current = (
-                schedule.phases[0]
-                if schedule.current_phase is None
-                else next(
-                    p for p in schedule.phases if p.start_date == schedule.current_phase.start_date
-                )
-            )
-            current_items = [
-                {"price": _price_id(i.price), **({"quantity": i.quantity} if i.quantity else {})}
-                for i in current.items
-            ]
             await self._client.v1.subscription_schedules.update_async(
                 str(schedule.id),
                 {
                     "end_behavior": "release",
                     "proration_behavior": "none",
                     "phases": [
-                        {
-                            "items": current_items,
-                            "start_date": current.start_date,
-                            "end_date": current.end_date,
-                            "proration_behavior": "none",
-                        },
+                        _current_phase(schedule),
                         {  # starts where the current phase ends: the 1st
                             "items": [_line_item(p) for p in prices],
                             "duration": {"interval": "month", "interval_count": 1},
@@ -168,9 +230,33 @@ class StripeLifecycle:
                     ],
                 },  # type: ignore[arg-type]
             )
-        except stripe.StripeError as exc:
-            raise _failed(exc) from exc
+        except Exception as exc:  # Stripe's failure, or an answer not understood
+            if created is not None:
+                await self._undo_schedule(created, subscription_id)
+            if isinstance(exc, stripe.StripeError):
+                raise _failed(exc) from exc
+            raise
         return str(schedule.id)
+
+    async def _undo_schedule(self, schedule: Any, subscription_id: str) -> None:
+        """Release a schedule this call created, so the subscription goes on as it was. Made
+        from a subscription set to end at the period's end, the schedule took that over
+        (`end_behavior` "cancel"): it is put back on the subscription. Best effort: a failure
+        here is logged and the original failure raised."""
+        try:
+            await self._client.v1.subscription_schedules.release_async(str(schedule.id))
+            if _optional(schedule, "end_behavior") == "cancel":
+                await self._client.v1.subscriptions.update_async(
+                    subscription_id, {"cancel_at_period_end": True}
+                )
+        except stripe.StripeError:
+            logger.error(
+                "a failed plan change left subscription schedule %s on subscription %s: release "
+                "it in Stripe (and check the subscription's cancellation)",
+                schedule.id,
+                subscription_id,
+                exc_info=True,
+            )
 
     async def release_schedule(self, schedule_id: str) -> None:
         """No pending change any more: the subscription goes on as it is."""
@@ -184,8 +270,7 @@ class StripeLifecycle:
             sub = await self._client.v1.subscriptions.retrieve_async(subscription_id)
         except stripe.StripeError as exc:
             raise _failed(exc) from exc
-        schedule = getattr(sub, "schedule", None)
-        return schedule if isinstance(schedule, str) or schedule is None else str(schedule.id)
+        return _id_of(_optional(sub, "schedule"))
 
     async def set_cancel_at_period_end(self, subscription_id: str, cancel: bool) -> None:
         try:
@@ -212,3 +297,24 @@ class StripeLifecycle:
 
 def _price_id(price: Any) -> str:
     return price if isinstance(price, str) else str(price.id)
+
+
+def _current_phase(schedule: Any) -> dict[str, Any]:
+    """The schedule's current phase, as the update's first phase: its items as they are
+    (a metered price's item has no `quantity`), its dates unchanged."""
+    phases = list(schedule.phases)
+    current = _optional(schedule, "current_phase")
+    start = _optional(current, "start_date") if current is not None else None
+    phase = next((p for p in phases if p.start_date == start), phases[0])
+    items = []
+    for item in phase["items"]:
+        quantity = _optional(item, "quantity")
+        items.append(
+            {"price": _price_id(item.price), **({} if quantity is None else {"quantity": quantity})}
+        )
+    return {
+        "items": items,
+        "start_date": phase.start_date,
+        "end_date": phase.end_date,
+        "proration_behavior": "none",
+    }
