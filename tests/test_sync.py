@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -12,6 +13,7 @@ import pytest
 import stripe
 
 from meterline.billing.catalog import EventType, Tier
+from meterline.billing.periods import month_of
 from meterline.db import batches, companies, sql
 from meterline.jobs.sync import LEASE, SETTLE_WINDOW, SyncHooks, SyncJob
 from meterline.services import usage
@@ -19,7 +21,8 @@ from meterline.stripe_gateway.client import make_client
 from meterline.stripe_gateway.meter_events import meter_event_name
 from tests.commands import meterline
 from tests.conftest import Clock, base_settings, client_for, rollup_matches_events
-from tests.stripe_double import StripeDouble
+from tests.plans import put_on_tier
+from tests.stripe_double import StripeApiError, StripeDouble
 
 NOV_20 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
@@ -73,7 +76,7 @@ async def paid_company(double: StripeDouble, tier: Tier = Tier.STARTER) -> tuple
     MINE.append(company_id)
     customer = double.add_customer()
     await companies.get_or_create(company_id, now=NOV_20)  # where every clock here starts
-    await companies.set_tier(company_id, tier)
+    await put_on_tier(company_id, tier, now=NOV_20, billed=True)
     await companies.set_stripe_ids(company_id, customer_id=customer)
     return company_id, customer
 
@@ -411,6 +414,8 @@ async def test_cron_route_needs_its_secret(
             "pending",
             "duration_ms",
             "errors",
+            "key_refused",
+            "last_month_pending_units",
         }
         assert body["sent"] >= 1
     assert double.meter_total(customer, "guest_invitation") == 2
@@ -582,3 +587,331 @@ async def test_one_failing_step_does_not_strand_the_others(
     clock.set(clock() + LEASE + timedelta(seconds=1))
     assert (await job(double, clock).run()).sent == 1  # the stranded batch, re-taken
     assert_double_matches(double, customer, await rollup_totals(company_id))
+
+
+# --- a refused API key (issue 12, case 12) ---------------------------------------------------
+
+
+def rotated_key_client(double: StripeDouble) -> stripe.StripeClient:
+    """A client whose key Stripe no longer accepts (rotated, revoked, mistyped): 401."""
+    settings = base_settings(stripe_secret_key="sk_test_rotated_0000", stripe_api_base=double.url)
+    return make_client(settings, timeout=2.0)
+
+
+def counter(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_a_refused_api_key_fails_the_batch_at_once_and_loudly(
+    double: StripeDouble, clock: Clock, meters: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """401 means Stripe never looked at the batch: certainly not delivered. The batch fails at
+    once (never `unknown` after 20 hours), says why, and is re-driven once the key is fixed.
+    The run stops calling Stripe after the first refusal: every call would be refused alike."""
+    from meterline.jobs import telemetry
+
+    company_id, customer = await paid_company(double)
+    await record(company_id, EventType.SMS_SENT, 5, now=clock())
+    await record(company_id, EventType.AI_QUERY, 2, now=clock())
+    calls = len(double.requests)
+    refusals_before = counter("meterline_sync_key_refusals_total")
+    # one call at a time, so that the stop is visible (calls already under way settle each)
+    rotated = SyncJob(
+        client=rotated_key_client(double), clock=clock, company_ids=list(MINE), concurrency=1
+    )
+    with caplog.at_level(logging.ERROR, logger="meterline.jobs.sync"):
+        report = await rotated.run()
+    assert (report.failed, report.key_refused, report.retrying, report.unknown) == (1, 1, 0, 0)
+    assert report.as_dict()["key_refused"] == 1
+    assert len(double.requests) == calls + 1  # one call, then the run stopped
+    assert await states(company_id) == {"failed": 1, "pending": 1}
+    [failed] = (
+        await batches.status(current_month=month_of(clock()), problem_limit=5, company_ids=MINE)
+    ).problems
+    assert failed.state == "failed" and failed.last_error is not None
+    assert "401" in failed.last_error and "STRIPE_SECRET_KEY" in failed.last_error
+    assert any(
+        r.levelno == logging.ERROR
+        and "API key" in r.getMessage()
+        and failed.identifier in r.getMessage()
+        for r in caplog.records
+    )
+    await telemetry.publish(report, now=clock(), late_grace_hours=1)
+    assert counter("meterline_sync_key_refusals_total") == refusals_before + 1
+    # a day later the batch is still failed, not unknown: nothing can have reached Stripe
+    clock.set(clock() + SETTLE_WINDOW + timedelta(hours=4))
+    # the key fixed: the rest leaves, and the operator re-drives the refused batch
+    assert (await job(double, clock).run()).sent == 1
+    assert await batches.redrive(failed.id, now=clock()) == 1
+    assert (await job(double, clock).run()).sent == 1
+    assert await states(company_id) == {"sent": 2}
+    assert_double_matches(double, customer, await rollup_totals(company_id))
+
+
+async def test_a_key_without_permission_is_refused_like_an_invalid_one(
+    double: StripeDouble, clock: Clock, meters: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """403: a restricted key without the meter event permission. Stripe answers it before
+    doing anything, as for 401."""
+    company_id, _ = await paid_company(double)
+    await record(company_id, EventType.EMAIL_SENT, 3, now=clock())
+
+    def forbidden(authorization: str | None) -> None:
+        raise StripeApiError(
+            403,
+            "The provided key 'rk_test_****0000' does not have the required permissions for "
+            "this endpoint. Having the 'rak_billing_meter_event_write' permission would allow "
+            "this request to continue.",
+        )
+
+    monkeypatch.setattr(double, "_authenticate", forbidden)
+    report = await job(double, clock).run()
+    assert (report.failed, report.key_refused, report.retrying) == (1, 1, 0)
+    assert double.meter_events() == []
+    [failed] = (
+        await batches.status(current_month=month_of(clock()), problem_limit=5, company_ids=MINE)
+    ).problems
+    assert failed.last_error is not None and "403" in failed.last_error
+
+
+async def test_a_key_refused_after_an_unanswered_attempt_retries_the_same_identifier(
+    double: StripeDouble, clock: Clock, meters: None
+) -> None:
+    """The first attempt may have reached Stripe (its answer was lost): a new identifier could
+    bill it twice, and the refusal says nothing about that attempt. The batch keeps its
+    identifier and backs off, so the fixed key settles it exactly."""
+    company_id, customer = await paid_company(double)
+    await record(company_id, EventType.EMAIL_SENT, 4, now=clock())
+    double.fail("drop", 1.0)  # recorded by Stripe, answer lost
+    assert (await job(double, clock).run()).retrying == 1
+    double.heal()
+    clock.set(clock() + timedelta(minutes=31))
+    rotated = SyncJob(client=rotated_key_client(double), clock=clock, company_ids=list(MINE))
+    report = await rotated.run()
+    assert (report.retrying, report.failed, report.unknown, report.key_refused) == (1, 0, 0, 1)
+    assert await states(company_id) == {"sending": 1}
+    clock.set(clock() + timedelta(minutes=31))
+    assert (await job(double, clock).run()).sent == 1  # "already exists": delivered once
+    assert double.meter_total(customer, "email_sent") == 4
+    assert list(double.identifiers_seen.values()) == [1]
+
+
+# --- last month first, and what missed its invoice (issue 12, case 11) ------------------------
+
+DEC_1 = datetime(2026, 12, 1, tzinfo=UTC)
+NOV_LAST_SECOND = datetime(2026, 11, 30, 23, 59, 59, tzinfo=UTC)
+
+
+async def seed_events(
+    company_id: uuid.UUID,
+    event_type: EventType,
+    occurred_at: datetime,
+    quantity: int,
+    state: str = "pending",
+) -> None:
+    """One event in a given sync state, written directly: these tests are about the sync, not
+    about which events recording accepts."""
+    await sql.execute(
+        "INSERT INTO usage_events (id, company_id, event_type, quantity, occurred_at, month, "
+        "sync_state) VALUES (gen_random_uuid(), $1, $2, $3, $4, $5, $6)",
+        company_id,
+        event_type.value,
+        quantity,
+        occurred_at,
+        month_of(occurred_at),
+        state,
+    )
+
+
+async def test_during_the_grace_last_months_usage_leaves_first(
+    double: StripeDouble, clock: Clock, meters: None
+) -> None:
+    """A backlog (here: this month's batch due for a retry) must not go before last month's
+    events, whose invoice Stripe finalises at the end of the grace."""
+    clock.set(DEC_1 + timedelta(minutes=10))
+    first, _ = await paid_company(double)
+    await seed_events(first, EventType.SMS_SENT, DEC_1 + timedelta(minutes=5), 6)
+    double.fail("500", 1.0)
+    assert (await job(double, clock).run()).retrying == 1  # December's batch, backing off
+    double.heal()
+    second, _ = await paid_company(double)
+    await seed_events(second, EventType.AI_QUERY, NOV_LAST_SECOND, 9)  # recorded in the grace
+    clock.set(clock() + timedelta(minutes=1))
+    report = await job(double, clock, concurrency=1).run()
+    assert report.sent == 2
+    assert [e["timestamp"] for e in double.meter_events()] == [
+        int(NOV_LAST_SECOND.timestamp()),
+        int((DEC_1 + timedelta(minutes=5)).timestamp()),
+    ]
+
+
+async def test_one_pair_claims_last_months_events_before_this_months(
+    double: StripeDouble, clock: Clock, meters: None
+) -> None:
+    """Both months pending for one (company, event type): only one batch may be in flight, and
+    it is November's, even while Stripe fails."""
+    clock.set(DEC_1 + timedelta(minutes=20))
+    company_id, _ = await paid_company(double)
+    await seed_events(company_id, EventType.SMS_SENT, DEC_1 + timedelta(minutes=1), 2)
+    await seed_events(company_id, EventType.SMS_SENT, NOV_LAST_SECOND, 3)
+    double.fail("500", 1.0)
+    await job(double, clock).run()
+    rows = await sql.fetch("SELECT month FROM usage_batches WHERE company_id = $1", company_id)
+    assert [r["month"] for r in rows] == [NOV_LAST_SECOND.date().replace(day=1)]
+
+
+async def test_a_retry_of_last_months_batch_never_waits_past_the_grace(
+    double: StripeDouble, clock: Clock, meters: None
+) -> None:
+    """Backoff grows to 30 minutes; at 00:50 that would skip the invoice of 01:00. A batch whose
+    invoice is still open retries within half the time left; this month's keep their backoff."""
+    clock.set(DEC_1 + timedelta(minutes=50))
+    company_id, _ = await paid_company(double)
+    await seed_events(company_id, EventType.SMS_SENT, NOV_LAST_SECOND, 4)
+    await seed_events(company_id, EventType.AI_QUERY, DEC_1 + timedelta(minutes=2), 4)
+    double.fail("500", 1.0)
+    assert (await job(double, clock).run()).retrying == 2
+    # both have been failing for a while: the next backoff is 15..30 minutes
+    await sql.execute(
+        "UPDATE usage_batches SET attempts = 11, lease_until = $2 WHERE company_id = $1",
+        company_id,
+        clock(),
+    )
+    assert (await job(double, clock).run()).retrying == 2
+    rows = await sql.fetch(
+        "SELECT month, attempts, lease_until FROM usage_batches WHERE company_id = $1", company_id
+    )
+    retries = {r["month"].month: r["lease_until"] for r in rows}
+    assert all(r["attempts"] == 12 for r in rows)
+    assert clock() < retries[11] <= clock() + timedelta(minutes=5)  # half of the 10 left
+    assert retries[12] >= clock() + timedelta(minutes=15)
+
+
+def late_totals(rows: list[batches.Unsent]) -> dict[tuple[str, str], tuple[int, int]]:
+    """(month, event type) -> (events, units)."""
+    totals: dict[tuple[str, str], tuple[int, int]] = {}
+    for row in rows:
+        key = (f"{row.month:%Y-%m}", row.event_type.value)
+        events, units = totals.get(key, (0, 0))
+        totals[key] = (events + row.events, units + row.units)
+    return totals
+
+
+async def seed_unsent_months(company_id: uuid.UUID) -> None:
+    """November and October usage in every state, and some of December's."""
+    for state, quantity in (("pending", 3), ("failed", 5), ("unknown", 2), ("sent", 100)):
+        await seed_events(company_id, EventType.SMS_SENT, NOV_LAST_SECOND, quantity, state)
+    await seed_events(company_id, EventType.AI_QUERY, NOV_LAST_SECOND, 7, "sending")
+    await seed_events(
+        company_id, EventType.AI_QUERY, datetime(2026, 10, 31, tzinfo=UTC), 11, "failed"
+    )
+    await seed_events(company_id, EventType.SMS_SENT, DEC_1 + timedelta(minutes=3), 40)
+
+
+async def test_units_that_missed_their_invoice_are_counted_by_month_and_type(
+    double: StripeDouble, clock: Clock
+) -> None:
+    company_id, _ = await paid_company(double)
+    await seed_unsent_months(company_id)
+    clock.set(DEC_1 + timedelta(minutes=30))  # November's invoice is still open
+    status = await batches.status(current_month=month_of(clock()), company_ids=MINE)
+    assert late_totals(status.missed_invoice(now=clock(), late_grace_hours=1)) == {
+        ("2026-10", "ai_query"): (1, 11)
+    }
+    assert late_totals(status.before_invoice(now=clock(), late_grace_hours=1)) == {
+        ("2026-11", "sms_sent"): (3, 10),
+        ("2026-11", "ai_query"): (1, 7),
+    }
+    clock.set(DEC_1 + timedelta(hours=1))  # Stripe finalises November's invoice
+    status = await batches.status(current_month=month_of(clock()), company_ids=MINE)
+    assert late_totals(status.missed_invoice(now=clock(), late_grace_hours=1)) == {
+        ("2026-10", "ai_query"): (1, 11),
+        ("2026-11", "sms_sent"): (3, 10),
+        ("2026-11", "ai_query"): (1, 7),
+    }
+    assert status.before_invoice(now=clock(), late_grace_hours=1) == []
+    assert {r.state for r in status.missed_invoice(now=clock(), late_grace_hours=1)} == {
+        "pending",
+        "sending",
+        "failed",
+        "unknown",
+    }
+
+
+def sample(body: str, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(body):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    raise AssertionError(f"{name}{labels} is not in /metrics")
+
+
+async def test_metrics_and_status_show_the_units_that_missed_their_invoice(
+    double: StripeDouble, clock: Clock, database_url: str
+) -> None:
+    from meterline.app import create_app
+
+    settings = base_settings(database_url=database_url, metrics_token="m")
+    clock.set(DEC_1 + timedelta(hours=2))
+    app = create_app(settings, clock=clock, manage_database=False)
+
+    async def scrape() -> str:
+        async with client_for(app) as http:
+            return (await http.get("/metrics", headers={"Authorization": "Bearer m"})).text
+
+    before = await scrape()  # other tests' leftovers count too: compare
+    company_id, _ = await paid_company(double)
+    await seed_unsent_months(company_id)
+    after = await scrape()
+    units = "meterline_sync_last_month_pending_units"
+    assert (
+        sample(after, units, event_type="sms_sent") - sample(before, units, event_type="sms_sent")
+        == 10
+    )
+    assert (
+        sample(after, units, event_type="ai_query") - sample(before, units, event_type="ai_query")
+        == 18
+    )
+    assert sample(after, units, event_type="email_sent") == sample(
+        before, units, event_type="email_sent"
+    )
+    events = "meterline_sync_last_month_pending_events"
+    assert sample(after, events) - sample(before, events) == 5
+    env = {"DATABASE_URL": database_url}
+    shown = meterline("sync-usage", "--status", "--company", str(company_id), env=env, clock=clock)
+    assert shown.returncode == 0, shown.stderr
+    assert "ALERT: 28 units of closed months are not in Stripe" in shown.stdout
+    assert "2026-10 ai_query: 11 units in 1 events (failed 1)" in shown.stdout
+    assert "2026-11 sms_sent: 10 units in 3 events (failed 1, pending 1, unknown 1)" in shown.stdout
+    # during the grace, last month's is still to send: said, but not an alert
+    clock.set(DEC_1 + timedelta(minutes=40))
+    shown = meterline("sync-usage", "--status", "--company", str(company_id), env=env, clock=clock)
+    assert shown.returncode == 0, shown.stderr
+    assert "ALERT: 11 units of closed months are not in Stripe" in shown.stdout
+    assert "17 units of 2026-11 to send before Stripe finalises its invoice" in shown.stdout
+
+
+async def test_a_run_reports_what_missed_the_invoice_and_what_it_sent_too_late(
+    double: StripeDouble, clock: Clock, meters: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sending after the invoice closed does not bill it: the units leave the gauge but are
+    counted (and logged) as sent too late, never dropped silently."""
+    from meterline.jobs import telemetry
+
+    company_id, _ = await paid_company(double)
+    await seed_events(company_id, EventType.SMS_SENT, NOV_LAST_SECOND, 5, "failed")
+    await seed_events(company_id, EventType.AI_QUERY, NOV_LAST_SECOND, 8)
+    clock.set(DEC_1 + timedelta(hours=1, minutes=5))
+    late_before = counter("meterline_sync_units_sent_late_total", event_type="ai_query")
+    with caplog.at_level(logging.ERROR, logger="meterline.jobs.sync"):
+        report = await job(double, clock).run()
+    assert report.sent == 1
+    assert report.as_dict()["last_month_pending_units"] == 5  # the failed batch's
+    assert any("after its invoice" in r.getMessage() for r in caplog.records)
+    await telemetry.publish(report, now=clock(), late_grace_hours=1)
+    after = counter("meterline_sync_units_sent_late_total", event_type="ai_query")
+    assert after == late_before + 8

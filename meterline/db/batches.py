@@ -15,7 +15,7 @@ from datetime import date, datetime, timedelta
 import asyncpg
 
 from meterline.billing.catalog import EventType
-from meterline.billing.periods import floor_to_second, month_of
+from meterline.billing.periods import floor_to_second, month_end, month_of
 from meterline.db import sql
 from meterline.db.engine import DB
 
@@ -76,7 +76,8 @@ class Group:
 
 async def pending_groups(limit: int, company_ids: list[uuid.UUID] | None = None) -> list[Group]:
     """(company, event type, month) groups with pending events and no batch in flight for that
-    (company, event type), oldest first; of `company_ids` only, when given."""
+    (company, event type), oldest month first (its invoice closes first), then oldest event
+    first; of `company_ids` only, when given."""
     rows = await sql.fetch(
         """
         SELECT e.company_id, e.event_type, e.month
@@ -87,7 +88,7 @@ async def pending_groups(limit: int, company_ids: list[uuid.UUID] | None = None)
                           WHERE b.company_id = e.company_id AND b.event_type = e.event_type
                             AND b.state = 'sending')
         GROUP BY e.company_id, e.event_type, e.month
-        ORDER BY min(e.occurred_at)
+        ORDER BY e.month, min(e.occurred_at)
         LIMIT $1
         """,
         limit,
@@ -213,11 +214,12 @@ async def _insert_batch(
 async def due(
     *, now: datetime, limit: int, company_ids: list[uuid.UUID] | None = None
 ) -> list[Batch]:
-    """Batches whose lease passed (a crashed worker, or a retry that is due). Not leased yet:
-    each is leased by `take` just before its call, so a long queue cannot outlive its leases."""
+    """Batches whose lease passed (a crashed worker, or a retry that is due), oldest month first
+    (its invoice closes first). Not leased yet: each is leased by `take` just before its call,
+    so a long queue cannot outlive its leases."""
     rows = await sql.fetch(
         f"SELECT {_COLUMNS} FROM usage_batches WHERE state = 'sending' AND lease_until <= $1 "
-        f"AND ($3::uuid[] IS NULL OR company_id = ANY($3)) ORDER BY lease_until LIMIT $2",
+        f"AND ($3::uuid[] IS NULL OR company_id = ANY($3)) ORDER BY month, lease_until LIMIT $2",
         now,
         limit,
         company_ids,
@@ -391,13 +393,59 @@ async def get(batch_id: uuid.UUID) -> Batch | None:
     return _batch(row) if row else None
 
 
+def invoice_closes_at(month: date, late_grace_hours: int) -> datetime:
+    """When Stripe finalises the invoice of `month`, as far as Meterline knows: the month's end
+    plus its grace (`LATE_USAGE_GRACE_HOURS`, set to Stripe's). Usage that reaches Stripe
+    later is recorded there and never billed."""
+    return month_end(month) + timedelta(hours=late_grace_hours)
+
+
+@dataclass(frozen=True)
+class Unsent:
+    """Events of one month and event type in one sync state, not in Stripe yet."""
+
+    month: date
+    event_type: EventType
+    state: str  # pending, sending, failed, unknown
+    events: int
+    units: int
+
+
+def summarize(rows: list[Unsent]) -> list[str]:
+    """One line per (month, event type): `2026-11 sms_sent: 10 units in 3 events (failed 1,
+    pending 2)`, oldest month first."""
+    merged: dict[tuple[date, str], dict[str, tuple[int, int]]] = {}
+    for row in rows:
+        states = merged.setdefault((row.month, row.event_type.value), {})
+        events, units = states.get(row.state, (0, 0))
+        states[row.state] = (events + row.events, units + row.units)
+    lines = []
+    for (month, event_type), states in sorted(merged.items()):
+        events = sum(e for e, _ in states.values())
+        units = sum(u for _, u in states.values())
+        by_state = ", ".join(f"{state} {e}" for state, (e, _) in sorted(states.items()))
+        lines.append(f"{month:%Y-%m} {event_type}: {units} units in {events} events ({by_state})")
+    return lines
+
+
 @dataclass(frozen=True)
 class SyncStatus:
     batches_by_state: dict[str, int]
-    pending_events: int
+    pending_events: int  # events not in Stripe yet (pending, sending, failed, unknown)
     oldest_pending: datetime | None
-    pending_before: int  # pending events of months before `month` (an alert after the grace)
+    unsent_before: list[Unsent]  # of those, the ones of months before `current_month`
     problems: list[Batch]  # unknown and failed (not yet re-driven) batches
+
+    def missed_invoice(self, *, now: datetime, late_grace_hours: int) -> list[Unsent]:
+        """Usage of months whose invoice Stripe has finalised without it: Stripe will not bill
+        it, whatever happens to it now (the late-usage alert)."""
+        return [
+            u for u in self.unsent_before if invoice_closes_at(u.month, late_grace_hours) <= now
+        ]
+
+    def before_invoice(self, *, now: datetime, late_grace_hours: int) -> list[Unsent]:
+        """Last month's usage during the grace: still billed if it reaches Stripe in time."""
+        return [u for u in self.unsent_before if invoice_closes_at(u.month, late_grace_hours) > now]
 
 
 async def status(
@@ -408,12 +456,13 @@ async def status(
         "WHERE $1::uuid[] IS NULL OR company_id = ANY($1) GROUP BY state",
         company_ids,
     )
-    pending = await sql.fetchrow(
-        "SELECT count(*) AS n, min(occurred_at) AS oldest, "
-        "count(*) FILTER (WHERE month < $1) AS old FROM usage_events "
+    # One pass over the events not in Stripe, by month, event type and state.
+    unsent = await sql.fetch(
+        "SELECT month, event_type, sync_state, count(*) AS n, sum(quantity) AS units, "
+        "min(occurred_at) AS oldest FROM usage_events "
         "WHERE sync_state IN ('pending', 'sending', 'failed', 'unknown') "
-        "AND ($2::uuid[] IS NULL OR company_id = ANY($2))",
-        current_month,
+        "AND ($1::uuid[] IS NULL OR company_id = ANY($1)) "
+        "GROUP BY month, event_type, sync_state",
         company_ids,
     )
     problems = await sql.fetch(
@@ -423,11 +472,20 @@ async def status(
         problem_limit,
         company_ids,
     )
-    assert pending is not None
     return SyncStatus(
         batches_by_state={r["state"]: int(r["n"]) for r in states},
-        pending_events=int(pending["n"]),
-        oldest_pending=pending["oldest"],
-        pending_before=int(pending["old"]),
+        pending_events=sum(int(r["n"]) for r in unsent),
+        oldest_pending=min((r["oldest"] for r in unsent), default=None),
+        unsent_before=[
+            Unsent(
+                month=r["month"],
+                event_type=EventType(r["event_type"]),
+                state=r["sync_state"],
+                events=int(r["n"]),
+                units=int(r["units"]),
+            )
+            for r in unsent
+            if r["month"] < current_month
+        ],
         problems=[_batch(r) for r in problems],
     )

@@ -50,6 +50,7 @@ def sync_route(settings: Settings, clock: Callable[[], datetime]) -> Any:
             client=client,
             clock=clock,
             budget=timedelta(seconds=settings.sync_budget_seconds),
+            late_grace_hours=settings.late_usage_grace_hours,
         )
         try:
             report = await job.run()

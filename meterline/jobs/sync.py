@@ -6,6 +6,9 @@ Three steps, never a transaction open across a network call (docs/design.md "Syn
 3. one transaction marks the batch and its events sent.
 A crash anywhere leaves a leased batch that the next run re-sends unchanged: Stripe's identifier
 de-duplication makes it count once. Any number of runs may overlap.
+
+Older months go first: Stripe finalises a month's invoice at its end plus the late-usage grace,
+and usage that arrives later is never billed (docs/design.md, section 12).
 """
 
 from __future__ import annotations
@@ -57,8 +60,14 @@ class SyncReport:
     unknown: int = 0
     pending: int = 0
     duration_ms: int = 0
-    events_sent: int = 0
+    events_sent: int = 0  # usage units delivered (a batch's value)
     errors: int = 0  # steps that raised (logged); their batches are re-taken later
+    # calls Stripe refused for the API key (401/403); the run stops calling after the first
+    key_refused: int = 0
+    # units of closed months not in Stripe after their invoice closed (the late-usage alert)
+    last_month_pending_units: int = 0
+    # units delivered after their month's invoice closed, by event type: never billed
+    units_sent_late: dict[str, int] = field(default_factory=dict)
 
     @property
     def settled(self) -> int:
@@ -74,6 +83,8 @@ class SyncReport:
             "pending": self.pending,
             "duration_ms": self.duration_ms,
             "errors": self.errors,
+            "key_refused": self.key_refused,
+            "last_month_pending_units": self.last_month_pending_units,
         }
 
 
@@ -97,6 +108,7 @@ class SyncJob:
     hooks: SyncHooks = field(default_factory=SyncHooks)
     rng: random.Random = field(default_factory=random.Random)
     company_ids: list[uuid.UUID] | None = None  # only these companies (operators, tests)
+    late_grace_hours: int = 1  # LATE_USAGE_GRACE_HOURS: when a month's invoice closes
 
     async def run(self) -> SyncReport:
         started = time.monotonic()
@@ -110,23 +122,31 @@ class SyncJob:
 
         async def in_budget(work: Callable[[], Awaitable[None]]) -> None:
             # A batch is leased (or claimed) only when a slot is free and the budget is not
-            # spent, so a long queue never outlives its leases nor the cron call.
+            # spent, so a long queue never outlives its leases nor the cron call. Once Stripe
+            # refused the API key, every further call would be refused alike: none is made.
             async with limit:
-                if time.monotonic() < deadline:
+                if time.monotonic() < deadline and not report.key_refused:
                     await work()
 
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not report.key_refused:
             claimed_before, settled_before = report.claimed, report.settled
             due = await batches.due(
                 now=self.clock(), limit=self.round_size, company_ids=self.company_ids
             )
-            groups = await batches.pending_groups(self.round_size, self.company_ids)
+            groups = oldest_month_per_pair(
+                await batches.pending_groups(self.round_size, self.company_ids)
+            )
             if not due and not groups:
                 break
+            # Oldest month first (the semaphore lets them in in this order): during the grace,
+            # last month's batches and events leave before this month's backlog.
+            work = sorted(
+                [(b.month, functools.partial(self._resend, b, report)) for b in due]
+                + [(g.month, functools.partial(self._claim_and_send, g, report)) for g in groups],
+                key=lambda item: item[0],
+            )
             outcomes = await asyncio.gather(
-                *[in_budget(functools.partial(self._resend, b, report)) for b in due],
-                *[in_budget(functools.partial(self._claim_and_send, g, report)) for g in groups],
-                return_exceptions=True,
+                *[in_budget(step) for _, step in work], return_exceptions=True
             )
             for outcome in outcomes:
                 if isinstance(outcome, Exception):
@@ -138,10 +158,14 @@ class SyncJob:
                     raise outcome  # the process is going down: let it
             if report.claimed == claimed_before and report.settled == settled_before:
                 break  # whatever is left is held by another worker: leave it to them
+        now = self.clock()
         status = await batches.status(
-            current_month=month_of(self.clock()), problem_limit=0, company_ids=self.company_ids
+            current_month=month_of(now), problem_limit=0, company_ids=self.company_ids
         )
         report.pending = status.pending_events
+        report.last_month_pending_units = sum(
+            u.units for u in status.missed_invoice(now=now, late_grace_hours=self.late_grace_hours)
+        )
         report.duration_ms = int((time.monotonic() - started) * 1000)
         return report
 
@@ -202,6 +226,9 @@ class SyncJob:
             if await batches.mark_sent(batch, now=now):
                 report.sent += 1
                 report.events_sent += batch.value
+                self._after_the_invoice(batch, result, now, report)
+        elif result.outcome is Outcome.KEY_REFUSED:
+            await self._key_refused(batch, result, now, report)
         elif result.outcome is Outcome.REJECTED and batch.attempts > 1:
             # An earlier attempt's outcome was unknown: Stripe may hold the event although it
             # refuses this repeat (e.g. the meter was deactivated since). Re-driving it under a
@@ -214,7 +241,7 @@ class SyncJob:
                 report.failed += 1
                 logger.error("Stripe refused usage batch %s: %s", batch.identifier, result.message)
         else:
-            retry_at = now + retry_delay(batch.attempts, self.rng)
+            retry_at = self._retry_at(batch, now)
             if retry_at - batch.created_at > SETTLE_WINDOW:
                 await self._unknown(batch, result.message, report)
             elif await batches.schedule_retry(batch, retry_at=retry_at, error=result.message):
@@ -225,3 +252,92 @@ class SyncJob:
                     retry_at,
                     result.message,
                 )
+
+    async def _key_refused(
+        self, batch: Batch, result: SendResult, now: datetime, report: SyncReport
+    ) -> None:
+        """401/403: Stripe refused Meterline's key, before looking at the batch. This call
+        delivered nothing; only a person can fix it (STRIPE_SECRET_KEY)."""
+        report.key_refused += 1
+        where = (
+            f"{batch.identifier} ({batch.stripe_customer_id}, {batch.event_name}, {batch.month})"
+        )
+        if batch.attempts == 1:
+            # Nothing of it can be in Stripe: it fails like any refusal at a first attempt, and
+            # is re-driven (a new identifier, safe) once the key is fixed. Never `unknown`.
+            error = (
+                f"{result.message}. Nothing was delivered: fix STRIPE_SECRET_KEY, then "
+                f"`meterline sync-usage --redrive {batch.identifier}`"
+            )
+            if await batches.mark_failed(batch, error=error):
+                report.failed += 1
+                logger.error(
+                    "Stripe refused the API key for usage batch %s: the batch failed and nothing "
+                    "was delivered. Fix STRIPE_SECRET_KEY, then re-drive it with "
+                    "`meterline sync-usage --redrive %s`. %s",
+                    where,
+                    batch.identifier,
+                    result.message,
+                )
+            return
+        # An earlier attempt went unanswered and may have reached Stripe; this refusal says
+        # nothing about it, and a new identifier could bill it twice. Keep the identifier and
+        # back off: once the key works, the same request settles it exactly.
+        retry_at = self._retry_at(batch, now)
+        if retry_at - batch.created_at > SETTLE_WINDOW:
+            await self._unknown(batch, result.message, report)
+        elif await batches.schedule_retry(batch, retry_at=retry_at, error=result.message):
+            report.retrying += 1
+            logger.error(
+                "Stripe refused the API key for usage batch %s, which an earlier unanswered "
+                "attempt may have delivered: it is retried with the same identifier at %s. Fix "
+                "STRIPE_SECRET_KEY. %s",
+                where,
+                retry_at,
+                result.message,
+            )
+
+    def _retry_at(self, batch: Batch, now: datetime) -> datetime:
+        """The backoff, but never past the close of the batch's month's invoice while that is
+        still ahead: then within half the time left, so the last tries come before it."""
+        retry_at = now + retry_delay(batch.attempts, self.rng)
+        closes = batches.invoice_closes_at(batch.month, self.late_grace_hours)
+        if now < closes < retry_at:
+            retry_at = now + max(timedelta(seconds=FIRST_RETRY_SECONDS), (closes - now) / 2)
+        return retry_at
+
+    def _after_the_invoice(
+        self, batch: Batch, result: SendResult, now: datetime, report: SyncReport
+    ) -> None:
+        """Stripe recorded the batch after its month's invoice was finalised: it will never
+        bill those units. Said, never silent. Certain only when Stripe took it now, or when even
+        the first attempt came after the close (a repeat may have landed in time)."""
+        closes = batches.invoice_closes_at(batch.month, self.late_grace_hours)
+        if now < closes or (result.repeat and batch.created_at < closes):
+            return
+        key = batch.event_type.value
+        report.units_sent_late[key] = report.units_sent_late.get(key, 0) + batch.value
+        logger.error(
+            "usage batch %s (%s, %s, %s) reached Stripe after its invoice closed at %s: its %d "
+            "units will not be billed",
+            batch.identifier,
+            batch.stripe_customer_id,
+            batch.event_name,
+            batch.month,
+            closes.isoformat(),
+            batch.value,
+        )
+
+
+def oldest_month_per_pair(groups: list[Group]) -> list[Group]:
+    """Of each (company, event type), only the oldest month's group (`groups` come oldest month
+    first): one batch of a pair may be in flight at a time, and last month's must not wait
+    behind this month's, whose invoice closes a month later."""
+    seen: set[tuple[uuid.UUID, str]] = set()
+    kept = []
+    for group in groups:
+        pair = (group.company_id, group.event_type.value)
+        if pair not in seen:
+            seen.add(pair)
+            kept.append(group)
+    return kept
