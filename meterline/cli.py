@@ -71,6 +71,7 @@ def _clock_use(args: argparse.Namespace) -> str:
         "sync-usage": bool(getattr(args, "status", False)) and not sync_acts,
         "webhooks": action == "list",
         "stripe": action == "flags" and not getattr(args, "resolve", None),
+        "plans": action == "list",
     }
     return "read" if reads.get(command, False) else "write"
 
@@ -95,7 +96,7 @@ def _command_clock(args: argparse.Namespace) -> Clock:
         raise SystemExit(
             f"meterline: --as-of is refused in production for `{name}`: it would record that "
             "moment as now (or set it beside Stripe's present). Read-only commands (company "
-            "list|show, sync-usage --status, webhooks list, stripe flags) accept it."
+            "list|show, sync-usage --status, webhooks list, stripe flags, plans list) accept it."
         )
     return lambda: as_of
 
@@ -302,6 +303,7 @@ def cmd_company(args: argparse.Namespace) -> None:
     from meterline.db import companies, flags
     from meterline.db.companies import Company
     from meterline.services.invoices import clear_dunning
+    from meterline.services.plan_history import set_tier_by_operator
 
     settings = _settings()
 
@@ -320,7 +322,7 @@ def cmd_company(args: argparse.Namespace) -> None:
         elif args.action == "show":
             company = await companies.get(company_id)
         elif args.action == "set-tier":
-            company = await companies.set_tier(company_id, Tier(args.tier))
+            company = await set_tier_by_operator(company_id, Tier(args.tier), now=args.clock())
         elif args.action == "set-stripe":
             if args.customer is None and args.subscription is None:
                 raise SystemExit("meterline: give --customer and/or --subscription")
@@ -418,8 +420,25 @@ def cmd_sync_usage(args: argparse.Namespace) -> None:
                 f"events not yet in Stripe: {status.pending_events}"
                 + (f" (oldest {oldest.isoformat()})" if oldest else "")
             )
-            if status.pending_before:
-                print(f"ALERT: {status.pending_before} of them belong to a closed month")
+            grace = settings.late_usage_grace_hours
+            missed = status.missed_invoice(now=now, late_grace_hours=grace)
+            if missed:
+                print(
+                    f"ALERT: {sum(u.units for u in missed)} units of closed months are not in "
+                    "Stripe after their invoice closed: Stripe will not bill them"
+                )
+                for line in batches.summarize(missed):
+                    print(f"  {line}")
+            closing = status.before_invoice(now=now, late_grace_hours=grace)
+            if closing:
+                month = closing[0].month
+                closes = batches.invoice_closes_at(month, grace)
+                print(
+                    f"{sum(u.units for u in closing)} units of {month:%Y-%m} to send before "
+                    f"Stripe finalises its invoice at {closes.isoformat()}"
+                )
+                for line in batches.summarize(closing):
+                    print(f"  {line}")
             for batch in status.problems:
                 print(
                     f"{batch.state:8} {batch.identifier}  {batch.stripe_customer_id} "
@@ -447,7 +466,13 @@ def cmd_sync_usage(args: argparse.Namespace) -> None:
             raise SystemExit(f"meterline: {exc}") from exc
         budget = timedelta(seconds=args.budget or settings.sync_budget_seconds)
         try:
-            job = SyncJob(client=client, clock=args.clock, budget=budget, company_ids=only)
+            job = SyncJob(
+                client=client,
+                clock=args.clock,
+                budget=budget,
+                company_ids=only,
+                late_grace_hours=settings.late_usage_grace_hours,
+            )
             report = await job.run()
         finally:
             await close_client(client)
@@ -659,6 +684,96 @@ def cmd_setup_stripe(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+def cmd_plans(args: argparse.Namespace) -> None:
+    import json
+
+    from meterline.services.plan_versions import (
+        PlanInputError,
+        PlanRefused,
+        edit_version,
+        list_versions,
+        migrate_subscribers,
+        rows_as_json,
+        rows_as_text,
+    )
+    from meterline.stripe_gateway.catalog import StripeCatalog
+    from meterline.stripe_gateway.client import StripeNotConfigured, close_client, make_client
+    from meterline.stripe_gateway.lifecycle import StripeLifecycle
+
+    settings = _settings()
+
+    async def listing() -> None:
+        now = args.clock()
+        rows = await list_versions(now)
+        if args.json:
+            print(json.dumps(rows_as_json(rows, now), indent=2))
+        else:
+            print("\n".join(rows_as_text(rows, now)))
+
+    async def edit() -> None:
+        edited = await edit_version(
+            tier=args.tier,
+            event_type=args.event_type,
+            included=args.included,
+            unit_price=args.unit_price,
+            note=args.note,
+            now=args.clock(),
+        )
+        tier, version = edited.tier.value, edited.version
+        print(f"created {tier} version {version} (from version {edited.previous}): {edited.change}")
+        if edited.tier is Tier.FREE:
+            print(f"it applies to every free company from {edited.effective_from.isoformat()}")
+        else:
+            print(f"run `meterline setup-stripe` so new subscriptions get version {version}")
+            print(
+                "existing subscribers keep theirs; `meterline plans migrate --tier "
+                f"{tier} --to-version {version}` moves them at their next 1st"
+            )
+
+    async def migrate() -> None:
+        try:
+            client = make_client(settings)
+        except StripeNotConfigured as exc:
+            raise SystemExit(f"meterline: {exc}; set it to move subscriptions") from exc
+        try:
+            report = await migrate_subscribers(
+                args.tier,
+                args.to_version,
+                lifecycle=StripeLifecycle(client),
+                stripe_prices=StripeCatalog(client).prices_by_lookup_key,
+                now=args.clock(),
+                dry_run=args.dry_run,
+                emit=lambda line: print(line, flush=True),
+            )
+        finally:
+            await close_client(client)
+        verb = "would move" if report.dry_run else "moved"
+        print(
+            f"{report.tier.value} to version {report.version}: {verb} {len(report.moved)}, "
+            f"skipped {len(report.skipped)}, failed {len(report.failed)}"
+        )
+        if report.not_ready:
+            for problem in report.not_ready:
+                print(f"meterline: {problem}", file=sys.stderr)
+            raise SystemExit(
+                f"meterline: Stripe's {report.tier.value} prices do not bill version "
+                f"{report.version}: run `meterline setup-stripe` first"
+            )
+        if report.failed:
+            raise SystemExit(
+                f"meterline: {len(report.failed)} companies were not moved (listed above)"
+            )
+
+    work = {"list": listing, "edit": edit, "migrate": migrate}[args.action]
+    try:
+        asyncio.run(_with_database(settings, work))
+    except PlanInputError as exc:
+        print(f"meterline: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    except PlanRefused as exc:
+        raise SystemExit(f"meterline: {exc}") from exc
+
+
 def cmd_schema(args: argparse.Namespace) -> None:
     from meterline.schema import build_schema
 
@@ -756,6 +871,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="Meterline's public base URL: also set up URL/webhooks/stripe and .../thin",
     )
     setup.set_defaults(func=cmd_setup_stripe)
+
+    plans = commands.add_parser(
+        "plans", help="the tiers' plan versions: list them, make a new one, move subscribers"
+    )
+    plan_actions = plans.add_subparsers(dest="action", required=True)
+    plan_list = plan_actions.add_parser(
+        "list", help="every tier's versions, and how many companies each bills now"
+    )
+    plan_list.add_argument("--json", action="store_true", help="as JSON")
+    plan_edit = plan_actions.add_parser(
+        "edit", help="a new version of a tier: its newest version with one event type changed"
+    )
+    plan_edit.add_argument("--tier", required=True, metavar="TIER")
+    plan_edit.add_argument("--event-type", metavar="E", help="the event type to change")
+    plan_edit.add_argument(
+        "--included", metavar="N|unlimited", help="units included per month (or unlimited)"
+    )
+    plan_edit.add_argument("--unit-price", metavar="USD", help="price per unit beyond it")
+    plan_edit.add_argument("--note", metavar="TEXT", help="why (shown by plans list)")
+    plan_migrate = plan_actions.add_parser(
+        "migrate", help="move a tier's subscribers on older versions to V at their next 1st"
+    )
+    plan_migrate.add_argument("--tier", required=True, metavar="TIER")
+    plan_migrate.add_argument("--to-version", type=int, required=True, metavar="V")
+    plan_migrate.add_argument(
+        "--dry-run", action="store_true", help="list who would move; change nothing"
+    )
+    plans.set_defaults(func=cmd_plans)
 
     webhooks = commands.add_parser("webhooks", help="stored Stripe events: list, replay, prune")
     webhook_actions = webhooks.add_subparsers(dest="action", required=True)
