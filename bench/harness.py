@@ -557,7 +557,25 @@ async def insert_companies(
     await connection.execute(
         "INSERT INTO companies (id, tier) SELECT unnest($1::uuid[]), $2", ids, tier
     )
+    await insert_plans(connection, ids, tier, billed=False)
     return ids
+
+
+async def insert_plans(
+    connection: asyncpg.Connection, ids: list[uuid.UUID], tier: str, *, billed: bool
+) -> None:
+    """The companies' plan history: on `tier` since always (billed as a subscription, or a
+    manual account). A free company needs none."""
+    if tier == "free":
+        return
+    await connection.execute(
+        "INSERT INTO company_plans (company_id, effective_from, tier, version, billed, reason) "
+        "SELECT unnest($1::uuid[]), 'epoch', $2, 1, $3, "
+        "CASE WHEN $3 THEN 'subscription' ELSE 'operator' END",
+        ids,
+        tier,
+        billed,
+    )
 
 
 @dataclass

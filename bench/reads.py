@@ -41,6 +41,7 @@ from bench.harness import (
     Row,
     Target,
     count,
+    insert_plans,
     load_problems,
     load_values,
     percentile,
@@ -194,7 +195,8 @@ class Seeder:
                 FROM usage_events e
                 JOIN companies c ON c.id = e.company_id
                 JOIN tiers t ON t.name = c.tier
-                JOIN tier_allowances a ON a.tier = c.tier AND a.event_type = e.event_type
+                JOIN tier_allowances a
+                  ON a.tier = c.tier AND a.version = 1 AND a.event_type = e.event_type
                 WHERE e.company_id = ANY($1::uuid[])
                 GROUP BY e.company_id, e.month, e.event_type, c.tier, a.included, a.unit_price,
                          t.hard_cap
@@ -218,6 +220,8 @@ async def prepare(target: Target, companies: int) -> list[uuid.UUID]:
             ids,
             list(TIERS),
         )
+        for index, tier in enumerate(TIERS):
+            await insert_plans(connection, ids[index :: len(TIERS)], str(tier), billed=False)
         return ids
     finally:
         await connection.close()

@@ -133,6 +133,12 @@ async def seed(double: StripeDouble, events: int, companies: int) -> dict[uuid.U
         list(customers.values()),
         TIER.value,
     )
+    await sql.execute(  # billed by a subscription since always (the plan history)
+        "INSERT INTO company_plans (company_id, effective_from, tier, version, billed, reason) "
+        "SELECT unnest($1::uuid[]), 'epoch', $2, 1, true, 'subscription'",
+        list(customers),
+        TIER.value,
+    )
     now = datetime.now(UTC).replace(microsecond=0)
     # Event n goes to company n % companies and type (n / companies) % 5; occurred_at is up to
     # an hour ago, never before the first of this month.
@@ -164,7 +170,7 @@ async def seed(double: StripeDouble, events: int, companies: int) -> dict[uuid.U
         SELECT e.company_id, e.month, e.event_type, sum(e.quantity), $1, a.included,
                coalesce(a.unit_price, 0), NULL
         FROM usage_events e
-        LEFT JOIN tier_allowances a ON a.tier = $1 AND a.event_type = e.event_type
+        LEFT JOIN tier_allowances a ON a.tier = $1 AND a.version = 1 AND a.event_type = e.event_type
         GROUP BY e.company_id, e.month, e.event_type, a.included, a.unit_price
         """,
         TIER.value,
