@@ -303,7 +303,7 @@ def cmd_company(args: argparse.Namespace) -> None:
     from meterline.db import companies, flags
     from meterline.db.companies import Company
     from meterline.services.invoices import clear_dunning
-    from meterline.services.plan_history import set_tier_by_operator
+    from meterline.services.plan_history import OperatorRefused, set_tier_by_operator
 
     settings = _settings()
 
@@ -322,7 +322,10 @@ def cmd_company(args: argparse.Namespace) -> None:
         elif args.action == "show":
             company = await companies.get(company_id)
         elif args.action == "set-tier":
-            company = await set_tier_by_operator(company_id, Tier(args.tier), now=args.clock())
+            try:
+                company = await set_tier_by_operator(company_id, Tier(args.tier), now=args.clock())
+            except OperatorRefused as exc:
+                raise SystemExit(f"meterline: {exc}") from exc
         elif args.action == "set-stripe":
             if args.customer is None and args.subscription is None:
                 raise SystemExit("meterline: give --customer and/or --subscription")
@@ -340,6 +343,14 @@ def cmd_company(args: argparse.Namespace) -> None:
             raise SystemExit(f"meterline: no company {company_id}")
         print(_describe(company, args.clock()))
         if args.action == "show":
+            in_force = company.plans.at(args.clock())
+            for period in company.plans.periods:
+                version = f"v{period.version}" if period.version is not None else "v(by date)"
+                print(
+                    f"  PLAN from {period.effective_from:%Y-%m-%d %H:%M:%S} {period.tier.value} "
+                    f"{version} {'billed' if period.billed else 'not billed'} ({period.reason})"
+                    f"{'  <- in force' if period is in_force else ''}"
+                )
             for flag in await flags.open_flags(company_id):
                 print(
                     f"  FLAG {flag.kind} ({flag.object_id}, {flag.last_seen_at:%Y-%m-%d}): "

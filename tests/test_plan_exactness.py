@@ -18,6 +18,7 @@ from meterline.db import sql
 from meterline.services import usage
 from meterline.services.errors import BadUserInput
 from meterline.stripe_gateway.client import close_client, make_client
+from tests.commands import meterline
 from tests.conftest import make_token
 from tests.plans import put_on_tier
 from tests.webhook_support import NOV_20, StripeWorld, company_row
@@ -404,3 +405,18 @@ async def test_case8_a_schedule_edited_in_the_dashboard_shows_its_new_tier(
     await world.reach(DEC_1 + timedelta(minutes=5))
     assert await scheduled_tier(world, company_id) == ("ENTERPRISE", None)
     assert subscription
+
+
+async def test_company_show_lists_the_plan_history_and_the_period_in_force(
+    world: StripeWorld,
+) -> None:
+    company_id, _, subscription = await subscribed(world, Tier.STARTER)
+    world.double.update_subscription(subscription, cancel_at_period_end=True)
+    await world.send("customer.subscription.updated", subscription)
+    shown = meterline("company", "show", str(company_id), env=world.cli_env(), clock=world.clock)
+    assert shown.returncode == 0, shown.stderr
+    plans = [line.strip() for line in shown.stdout.splitlines() if "PLAN from" in line]
+    assert plans == [
+        "PLAN from 2026-11-01 00:00:00 starter v1 billed (subscription)  <- in force",
+        "PLAN from 2026-12-01 00:00:00 free v(by date) not billed (scheduled_end)",
+    ]

@@ -2,8 +2,9 @@
 
 Each seed drives one company for three months (20 Nov 2026 to 31 Jan 2027) through checkouts
 on any day, plan changes and cancellations on the 1st (through the API, so through Stripe
-schedules), resumptions, recordings of every event type (over and under the allowances, late
-ones in the grace hour), and Stripe's webhooks delivered late, twice and out of order. Then:
+schedules), resumptions, payment collection paused and resumed within a month, recordings of
+every event type (over and under the allowances, late ones in the grace hour), and Stripe's
+webhooks delivered late, twice and out of order. Then:
 
 1. every month that a subscription billed: Meterline's monthly summary equals, to the cent,
    the metered subtotal of the invoice the Stripe double makes for that month;
@@ -53,6 +54,7 @@ class Timeline:
     billed_months: dict[str, str] = field(default_factory=dict)  # month -> subscription
     pending_events: list[dict[str, Any]] = field(default_factory=list)  # undelivered webhooks
     cancel_pending: bool = False
+    paused: bool = False  # its payment collection is paused in Stripe
     # Two event types per timeline: months then mix free and paid usage of the same meter.
     event_types: list[EventType] = field(default_factory=list)
 
@@ -123,6 +125,18 @@ class Timeline:
                 self.world.double.snapshot_event("customer.subscription.updated", self.subscription)
             )
 
+    async def pause_or_resume(self) -> None:
+        """Payment collection paused in Stripe, or resumed (its event delivered in time)."""
+        assert self.subscription is not None
+        self.paused = not self.paused
+        behavior = {"behavior": self.rng.choice(["keep_as_draft", "void", "mark_uncollectible"])}
+        self.world.double.update_subscription(
+            self.subscription, pause_collection=behavior if self.paused else None
+        )
+        self.pending_events.append(
+            self.world.double.snapshot_event("customer.subscription.updated", self.subscription)
+        )
+
     async def month(self, month: Any) -> None:
         rng, world = self.rng, self.world
         start = max(datetime.combine(month, datetime.min.time(), tzinfo=UTC), NOV_20)
@@ -146,10 +160,15 @@ class Timeline:
             elif self.known_paid and self.cancel_pending and action < 0.4:
                 await self.gql(RESUME)
                 self.cancel_pending = False
+            elif self.subscription is not None and action < 0.5:
+                await self.pause_or_resume()
             else:
                 await self.record(at)
             await self.deliver_some()
-        # The month's end: everything Stripe sent has arrived by 23:58.
+        # The month's end: collection resumed, everything Stripe sent has arrived by 23:58.
+        world.clock.set(end - timedelta(minutes=3))
+        if self.paused:
+            await self.pause_or_resume()
         world.clock.set(end - timedelta(minutes=2))
         await self.deliver_some(everything=True)
         if self.known_paid and self.subscription is not None:

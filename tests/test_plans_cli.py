@@ -46,6 +46,8 @@ from meterline.stripe_gateway.client import close_client, make_client
 from tests.commands import meterline
 from tests.conftest import Clock, make_token
 from tests.plans import put_on_tier
+from tests.test_plan_exactness import changed_tier, recorded, scheduled_tier
+from tests.test_plan_exactness import subscribed as subscribed_at_nov_20
 from tests.webhook_support import NOV_20, StripeWorld, company_row
 
 # The SDK's httpx client posts bytes with `data=`, which httpx deprecates: not ours to fix.
@@ -617,3 +619,52 @@ async def test_the_schedules_webhook_keeps_a_pending_move(world: StripeWorld) ->
     schedule = world.double.get_object(subscription)["schedule"]
     await world.send("subscription_schedule.created", schedule)
     assert in_force((await company_row(company_id)).plans, DEC_1) == (Tier.STARTER, 2, True)
+
+
+async def test_migrate_leaves_a_pending_change_the_history_does_not_hold(
+    world: StripeWorld,
+) -> None:
+    """A starter company asked (changeTier) for professional from 1 Dec before m0010 was
+    deployed: Stripe holds the schedule, but m0010's backfill writes only one `subscription`
+    period (it never reads companies.scheduled_tier nor the subscriptions' cancel_at_period_end).
+    `plans migrate --tier starter --to-version 2` then sees nothing pending and replaces the
+    schedule's next phase with starter v2: the customer's upgrade is silently dropped in Stripe."""
+    company_id, _, subscription = await subscribed_at_nov_20(world, Tier.STARTER)
+    schedule = await changed_tier(world, company_id, Tier.PROFESSIONAL)
+    # The state m0010 leaves for this company: the pending change is not in company_plans.
+    await sql.execute(
+        "DELETE FROM company_plans WHERE company_id = $1 AND reason = 'scheduled_change'",
+        company_id,
+    )
+    assert await scheduled_tier(world, company_id) == ("STARTER", None)  # case 8 again
+
+    env = world.cli_env()
+    edit = plans("edit", "--tier", "starter", "--event-type", "sms_sent", "--included", "1500",
+                 env=env, clock=world.clock)  # fmt: skip
+    assert edit.returncode == 0, edit.stderr
+    await rerun_setup_stripe(world)
+    moved = plans("migrate", "--tier", "starter", "--to-version", "2", env=env, clock=world.clock)
+    phases = world.double.get_object(schedule)["phases"]
+    # The customer's pending upgrade must survive (skip the company, or refuse).
+    assert [i["price"] for i in phases[1]["items"]] == world.tier_prices(Tier.PROFESSIONAL), (
+        moved.stdout,
+        subscription,
+    )
+
+
+async def test_change_tier_records_the_version_its_schedule_bills(
+    world: StripeWorld,
+) -> None:
+    """`plans edit --tier professional` (v2, AI 300 included) before setup-stripe moved the
+    lookup keys. A starter company's changeTier(PROFESSIONAL) puts professional v1's prices in
+    the schedule, but records SCHEDULED_CHANGE with version None, which resolves by instant to
+    v2. From 00:00 on the 1st until the phase's webhook is applied, December opens at v2."""
+    company_id, _, _ = await subscribed_at_nov_20(world, Tier.STARTER)
+    env = world.cli_env()
+    edit = plans("edit", "--tier", "professional", "--event-type", "ai_query", "--included",
+                 "300", env=env, clock=world.clock)  # fmt: skip
+    assert edit.returncode == 0, edit.stderr
+    await changed_tier(world, company_id, Tier.PROFESSIONAL)
+    world.clock.set(DEC_1 + timedelta(minutes=2))  # the phase has started in Stripe
+    december = await recorded(company_id, EventType.AI_QUERY, 250, DEC_1 + timedelta(minutes=2))
+    assert december.usage.included == 200  # professional v1, what the schedule's prices bill

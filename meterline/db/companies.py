@@ -143,10 +143,13 @@ async def lock(company_id: uuid.UUID) -> Company | None:
     """The company row, locked until the end of the caller's transaction: webhook handlers of
     one company apply one after the other. NO KEY: recordings (whose foreign keys take KEY
     SHARE locks on this row) are not held up."""
-    row = await sql.fetchrow(
-        f"SELECT {_COLUMNS} FROM companies WHERE id = $1 FOR NO KEY UPDATE", company_id
+    # Lock first, read after, in two statements: a statement that waited for the lock sees the
+    # locked row's new version but the rest (the plan history) as of its start; the second
+    # statement reads everything the writer before it committed.
+    locked = await sql.fetchrow(
+        "SELECT 1 FROM companies WHERE id = $1 FOR NO KEY UPDATE", company_id
     )
-    return _company(row) if row else None
+    return await get(company_id) if locked else None
 
 
 async def by_customer(customer_id: str) -> Company | None:

@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 
 import stripe
 
-from meterline.billing.periods import month_of
+from meterline.billing.periods import billable_window, month_of
 from meterline.db import batches, usage
 from meterline.db.batches import Batch, Group
 from meterline.stripe_gateway.meter_events import (
@@ -116,7 +116,9 @@ class SyncJob:
         report = SyncReport()
         limit = asyncio.Semaphore(self.concurrency)
         # Events a request recorded as local while the company's subscription was arriving.
-        stranded = await usage.release_stranded_events(month_of(self.clock()))
+        # From last month during the grace: its invoice is still open.
+        window = billable_window(self.clock(), self.late_grace_hours)
+        stranded = await usage.release_stranded_events(month_of(window.earliest))
         if stranded:
             logger.warning("%d events of paying companies were local only: now pending", stranded)
 

@@ -451,7 +451,12 @@ async def change_tier(
         lambda: subscriptions.set_cancel_at_period_end(current.id, False),
         lambda: companies.set_scheduled_tier(company.id, tier),
         lambda: schedule_change(
-            company.id, tier, effective_at=effective_at, subscription_id=current.id, now=now
+            company.id,
+            tier,
+            effective_at=effective_at,
+            subscription_id=current.id,
+            now=now,
+            version=prices[0].version,  # the base price's: what the schedule's phase bills
         ),
     )
     return TierChangeScheduled(tier, effective_at)

@@ -78,6 +78,10 @@ async def store_history(company: Company, new: PlanHistory, *, now: datetime) ->
     return True
 
 
+class OperatorRefused(Exception):
+    """`company set-tier` on a company a subscription bills: Stripe would bill it otherwise."""
+
+
 async def set_tier_by_operator(company_id: uuid.UUID, tier: Tier, *, now: datetime) -> Company:
     """`meterline company set-tier`: a manual account (no subscription) on `tier` from the
     start of this month. Its usage is not sent to Stripe (nothing would bill it); only the
@@ -86,6 +90,13 @@ async def set_tier_by_operator(company_id: uuid.UUID, tier: Tier, *, now: dateti
         await companies.get_or_create(company_id, now=now)
         company = await companies.lock(company_id)
         assert company is not None
+        in_force = company.plans.at(now)
+        if in_force.billed:
+            raise OperatorRefused(
+                f"company {company_id} is billed by subscription {in_force.subscription_id} "
+                f"({in_force.tier.value}): change its plan in Stripe (changeTier, the "
+                "dashboard), not here"
+            )
         since = month_start(month_of(now))
         period = PlanPeriod(since, tier, None, billed=False, reason=Reason.OPERATOR)
         await store_history(company, company.plans.with_period(period), now=now)

@@ -36,9 +36,8 @@ from meterline.services.stripe_setup import (
     PRODUCT_METADATA_KEY,
     base_price_lookup_key,
     metered_price_lookup_key,
-    price_version,
 )
-from meterline.stripe_gateway.catalog import StripePrice
+from meterline.stripe_gateway.catalog import StripePrice, price_version
 from meterline.stripe_gateway.lifecycle import LifecycleFailed, PlanPrice, StripeLifecycle
 
 logger = logging.getLogger(__name__)
@@ -628,6 +627,14 @@ async def _move(
     history; a Skip(failed) saying what went wrong."""
     try:
         schedule = await lifecycle.subscription_schedule(move.subscription_id)
+        if schedule is not None:
+            # A change is pending in Stripe (the customer's, or one this history does not
+            # hold): replacing its next phase would drop it.
+            return Skip(
+                move.company_id,
+                f"subscription {move.subscription_id} has a schedule ({schedule}) in Stripe: a "
+                "change is pending there; left as it is",
+            )
         await lifecycle.schedule_prices(move.subscription_id, schedule, prices)
     except Exception as exc:
         logger.warning(
@@ -647,8 +654,8 @@ async def _move(
         logger.exception("plans migrate: recording the move of %s failed", move.company_id)
         return Skip(
             move.company_id,
-            f"Stripe has the change, but recording it here failed ({exc}): run the migration "
-            "again (it finds the schedule and records it)",
+            f"Stripe has the change, but recording it here failed ({exc}): the schedule's "
+            "webhook (subscription_schedule.updated) records it",
             failed=True,
         )
     return None

@@ -28,6 +28,7 @@ import stripe
 
 from meterline.billing.catalog import CURRENCY, EventType, Plan, Tier
 from meterline.stripe_gateway.catalog import (
+    PLAN_VERSION_METADATA_KEY,
     PriceSpec,
     PriceTier,
     StripeCatalog,
@@ -35,6 +36,7 @@ from meterline.stripe_gateway.catalog import (
     StripeMeter,
     StripePrice,
     StripeWebhookEndpoint,
+    price_version,
 )
 from meterline.stripe_gateway.meter_events import meter_event_name
 
@@ -52,8 +54,6 @@ CUSTOMER_PAYLOAD_KEY = "stripe_customer_id"
 VALUE_PAYLOAD_KEY = "value"
 PRODUCT_METADATA_KEY = "meterline_tier"
 EVENT_TYPE_METADATA_KEY = "meterline_event_type"
-# The plan version a price bills (billing/plans.py); a price without it bills version 1.
-PLAN_VERSION_METADATA_KEY = "meterline_plan_version"
 PRODUCT_NAME = "WeddingFlow Pro"
 # USD amounts are sent to Stripe in cents.
 MINOR_UNITS_PER_UNIT = Decimal(100)
@@ -225,14 +225,6 @@ def desired_prices(
             )
         )
     return prices
-
-
-def price_version(metadata: Mapping[str, str]) -> int:
-    """The plan version a Stripe price bills (version 1 when it predates versions)."""
-    try:
-        return max(1, int(metadata.get(PLAN_VERSION_METADATA_KEY, "1")))
-    except ValueError:
-        return 1
 
 
 def decide_price(desired: PriceSpec, existing: StripePrice | None, version: int = 1) -> Action:

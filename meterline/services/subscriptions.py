@@ -27,8 +27,8 @@ from meterline.services.stripe_setup import (
     PRODUCT_METADATA_KEY,
     base_price_lookup_key,
     metered_price_lookup_key,
-    price_version,
 )
+from meterline.stripe_gateway.catalog import price_version
 from meterline.stripe_gateway.mirror import PriceRef, ScheduleState, SubscriptionState
 
 logger = logging.getLogger(__name__)
@@ -121,11 +121,14 @@ def effective_tier(status: str, tier: Tier | None, current: Tier) -> Tier:
 
 def replaces_current(state: SubscriptionState, current: SubscriptionMirror | None) -> bool:
     """Whether `state` (not the company's current subscription) becomes it: a live one replaces
-    an ended one, and the newer of two live ones wins."""
+    an ended one; of two live ones the older (by `created`, then id) is current, and a newer one
+    never is (it is a duplicate, cancelled in Stripe: services/duplicates.py)."""
     if state.status not in LIVE_STATUSES:
         return current is None
     return (
-        current is None or current.status not in LIVE_STATUSES or state.created >= current.created
+        current is None
+        or current.status not in LIVE_STATUSES
+        or (state.created, state.id) < (current.created, current.id)
     )
 
 
@@ -184,7 +187,8 @@ async def apply_subscription(
         if state.status in LIVE_STATUSES:
             message = (
                 f"subscription {state.id} is live beside the company's current subscription "
-                f"{company.stripe_subscription_id}; the newer one is applied"
+                f"{company.stripe_subscription_id}, which is older and stays current; a newer "
+                f"live one is cancelled in Stripe when its webhook finds the older one live there"
             )
             await flags.raise_flag(
                 kind=Flag.SECOND_LIVE,
@@ -196,8 +200,9 @@ async def apply_subscription(
         return Outcome(True, "not the company's current subscription: nothing changes")
     if current is not None and current.status in LIVE_STATUSES and state.status in LIVE_STATUSES:
         message = (
-            f"subscription {state.id} replaces the still live {current.id} as the company's "
-            f"current subscription"
+            f"subscription {state.id} is older than the still live {current.id} and replaces it "
+            f"as the company's current subscription; the newer one, if live in Stripe, is "
+            f"cancelled there"
         )
         await flags.raise_flag(
             kind=Flag.SECOND_LIVE,
@@ -246,15 +251,18 @@ def bills(state: SubscriptionState) -> bool:
 def _becoming(
     state: SubscriptionState, tier: Tier, version: int, now: datetime, observed_at: datetime
 ) -> Becoming:
+    # A pause counts from when Meterline applies it (Stripe's objects do not say when it
+    # began, and an event's own time may be older than the state re-read): what was recorded
+    # before was billed by the paid plan and sent. An end counts from Stripe's `ended_at`.
     stopped_at: datetime | None = None
     reason = Reason.ENDED
     if state.status not in LIVE_STATUSES:
         if state.status == "paused" or state.ended_at is None:
-            stopped_at, reason = observed_at, Reason.PAUSED if state.status == "paused" else reason
+            stopped_at, reason = now, Reason.PAUSED if state.status == "paused" else reason
         else:
             stopped_at = state.ended_at
     elif state.pause_collection is not None:
-        stopped_at, reason = observed_at, Reason.PAUSED
+        stopped_at, reason = now, Reason.PAUSED
     return Becoming(
         subscription_id=state.id,
         customer=state.customer,
@@ -311,12 +319,15 @@ def history_after(
     month."""
     note = None
     if becoming.stopped_at is not None:
-        since = becoming.stopped_at
-        if becoming.stop_reason == Reason.ENDED:
-            since = at_month_start(since) or since
-        in_force = history.at(since)
-        if not in_force.billed:
-            return history.without_scheduled(since), None  # it never billed, or stopped already
+        since = min(becoming.stopped_at, now)
+        current = history.at(now)
+        if current.reason == Reason.SCHEDULED_END and becoming.stop_reason == Reason.ENDED:
+            confirmed = replace(current, reason=Reason.ENDED)  # the cancellation happened
+            return history.with_period(confirmed, drop_scheduled_after=False), None
+        if not current.billed or not history.at(since).billed:
+            # It never billed, or it stopped already: a stop is never moved (a late event
+            # re-read after a pause must not date the pause back).
+            return history, None
         period = PlanPeriod(
             since,
             becoming.tier,
@@ -336,16 +347,25 @@ def history_after(
     if becoming.tier is Tier.FREE:
         return history, None  # not a subscription Meterline knows how to bill (unknown prices)
     stopped = history.at(now)
-    if not stopped.billed:
-        # Free -> paid, or resumed: from when it (again) bills. Stripe's first invoice bills the
-        # whole month's usage stamped at its start, so a month without a billed period is
-        # billed whole; a month that already had one goes on from the resumption.
+    if not stopped.billed and (
+        stopped.reason == Reason.PAUSED and stopped.subscription_id == becoming.subscription_id
+    ):
+        # Resumed: billed again as if never paused. The pause's usage (within the free
+        # allowance) is sent too, so the month Stripe invoices holds what Meterline shows.
+        since = stopped.effective_from
+    elif not stopped.billed:
+        # Free -> paid: from when it bills. Stripe's first invoice bills the whole month's usage
+        # stamped at its start, so a free month is billed whole; a month that had a billed
+        # period already, or a manual account's month, goes on from the start.
         starts = becoming.paying_from
-        if history.at(starts).billed:  # paused (or ended) after its start: resumed now
-            starts = max(stopped.effective_from, becoming.observed_at or now)
+        if history.at(starts).billed:  # ended after its start: billed again from now
+            starts = max(stopped.effective_from, now)
         month_begin = month_start(month_of(starts))
-        earlier_billed = history.at(month_begin).billed or any(
-            p.billed and month_begin <= p.effective_from < starts for p in history.periods
+        at_begin = history.at(month_begin)
+        earlier_billed = (
+            at_begin.billed
+            or at_begin.tier is not Tier.FREE
+            or any(p.billed and month_begin <= p.effective_from < starts for p in history.periods)
         )
         since = starts if earlier_billed else month_begin
     else:

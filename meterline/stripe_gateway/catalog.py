@@ -82,6 +82,18 @@ class StripeProduct:
     metadata: Mapping[str, str]
 
 
+# The plan version a price bills (billing/plans.py), in its metadata.
+PLAN_VERSION_METADATA_KEY = "meterline_plan_version"
+
+
+def price_version(metadata: Mapping[str, str]) -> int:
+    """The plan version a Stripe price bills (version 1 when it predates versions)."""
+    try:
+        return max(1, int(metadata.get(PLAN_VERSION_METADATA_KEY, "1")))
+    except ValueError:
+        return 1
+
+
 @dataclass(frozen=True)
 class StripePrice:
     id: str

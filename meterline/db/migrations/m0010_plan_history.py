@@ -53,14 +53,39 @@ STATEMENTS = [
     )
     """,
     "ALTER TABLE companies ADD COLUMN plan_seq bigint NOT NULL DEFAULT 0",
+    # A paid tier today: billed by its live subscription (a manual account otherwise), from the
+    # start of the month its paid usage starts. Every subscription predates versions: v1.
     """
     INSERT INTO company_plans (company_id, effective_from, tier, version, billed,
                                subscription_id, reason)
     SELECT id,
            date_trunc('month', coalesce(usage_stamped_from, created_at) AT TIME ZONE 'UTC')
                AT TIME ZONE 'UTC',
-           tier, 1, stripe_customer_id IS NOT NULL, stripe_subscription_id, 'subscription'
-    FROM companies WHERE tier <> 'free'
+           tier, 1, live, CASE WHEN live THEN stripe_subscription_id END,
+           CASE WHEN live THEN 'subscription' ELSE 'operator' END
+    FROM (SELECT *, stripe_customer_id IS NOT NULL AND stripe_subscription_id IS NOT NULL
+                    AND subscription_status IN ('active', 'trialing', 'past_due', 'unpaid')
+                    AS live
+          FROM companies WHERE tier <> 'free') c
+    """,
+    # What is pending at deploy: a cancellation at period end (free from the period's end) and
+    # a change Meterline scheduled (its tier from the period's end, confirmed by Stripe then).
+    """
+    INSERT INTO company_plans (company_id, effective_from, tier, version, billed,
+                               subscription_id, reason)
+    SELECT c.id, s.current_period_end, 'free', NULL, false, s.id, 'scheduled_end'
+    FROM companies c JOIN subscriptions s ON s.id = c.stripe_subscription_id
+    WHERE c.tier <> 'free' AND s.cancel_at_period_end AND s.current_period_end IS NOT NULL
+    ON CONFLICT DO NOTHING
+    """,
+    """
+    INSERT INTO company_plans (company_id, effective_from, tier, version, billed,
+                               subscription_id, reason)
+    SELECT c.id, s.current_period_end, c.scheduled_tier, NULL, true, s.id, 'scheduled_change'
+    FROM companies c JOIN subscriptions s ON s.id = c.stripe_subscription_id
+    WHERE c.tier <> 'free' AND c.scheduled_tier IS NOT NULL AND c.scheduled_tier <> 'free'
+      AND NOT s.cancel_at_period_end AND s.current_period_end IS NOT NULL
+    ON CONFLICT DO NOTHING
     """,
     "ALTER TABLE usage_rollups DROP CONSTRAINT IF EXISTS usage_rollups_within_cap",
     "ALTER TABLE usage_rollups ADD COLUMN version integer",
