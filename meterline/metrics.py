@@ -15,3 +15,8 @@ USAGE_RECORDINGS = Counter(
     "recordUsage calls by event type and outcome",
     ["event_type", "outcome"],
 )
+DUPLICATE_SUBSCRIPTIONS_CANCELLED = Counter(
+    "meterline_duplicate_subscriptions_cancelled_total",
+    "A company's second live subscription (two tabs paid, one made in the dashboard) cancelled "
+    "in Stripe at once, what it charged refunded or voided",
+)

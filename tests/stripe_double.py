@@ -44,7 +44,15 @@ Plan changes (checkout, schedules, the portal):
   expired or complete, as Stripe does.
 - POST /v1/subscriptions/{id}: `cancel_at_period_end` (refused while a schedule manages the
   subscription), `metadata`, `cancellation_details`, `proration_behavior`; a canceled
-  subscription only takes metadata and cancellation_details.
+  subscription only takes metadata and cancellation_details. DELETE /v1/subscriptions/{id}
+  cancels now (`prorate`/`invoice_now` false only, `cancellation_details`); an ended one is 404
+  "No such subscription", as on Stripe.
+- Payments (API 2025-03-31+: an invoice no longer names its payment_intent or charge): paying an
+  invoice records a PaymentIntent and an invoice payment, GET /v1/invoice_payments (`invoice`,
+  `status`); POST /v1/refunds by `payment_intent` (whole or `amount`, `reason`, `metadata`;
+  `charge_already_refunded` / `amount_too_large` when nothing or less is left). POST
+  /v1/invoices/{id}/finalize (`auto_advance`) takes a draft; POST /v1/invoices/{id}/void an open
+  or uncollectible invoice only.
 - POST /v1/subscription_schedules `from_subscription` (one phase = the current items and period,
   end_behavior "release"); POST /v1/subscription_schedules/{id} `phases` (the first keeps the
   current phase's start, each next starts at the previous end; ends by `end_date`, `duration`
@@ -648,6 +656,38 @@ _KINDS: dict[str, _Kind] = {
             "return_url": None,
         },
     ),
+    "payment_intent": _Kind(
+        "pi",
+        "payment_intent",
+        "payment_intent",
+        {
+            "amount_capturable": 0,
+            "canceled_at": None,
+            "cancellation_reason": None,
+            "description": None,
+            "last_payment_error": None,
+            "metadata": {},
+            "next_action": None,
+            "processing": None,
+            "shipping": None,
+            "status": "succeeded",
+            "transfer_data": None,
+        },
+    ),
+    "invoice_payment": _Kind("inpay", "invoice_payment", "invoice payment"),
+    "refund": _Kind(
+        "re",
+        "refund",
+        "refund",
+        {
+            "balance_transaction": None,
+            "metadata": {},
+            "reason": None,
+            "receipt_number": None,
+            "source_transfer_reversal": None,
+            "transfer_reversal": None,
+        },
+    ),
     "event": _Kind(
         "evt",
         "event",
@@ -905,6 +945,20 @@ class StripeDouble:
     def meter_events(self) -> list[dict[str, Any]]:
         with self._lock:
             return [dict(e) for e in self._events]
+
+    def invoice_payments(self, invoice_id: str) -> list[dict[str, Any]]:
+        """The invoice payments of an invoice (one per payment made on it), oldest first."""
+        with self._lock:
+            return [
+                self._render("invoice_payment", p)
+                for p in self._objects["invoice_payment"].values()
+                if p["invoice"] == invoice_id
+            ]
+
+    def refunds(self) -> list[dict[str, Any]]:
+        """Every refund made (POST /v1/refunds), oldest first."""
+        with self._lock:
+            return [self._render("refund", r) for r in self._objects["refund"].values()]
 
     def get_object(self, object_id: str) -> dict[str, Any]:
         """The stored object with that id, as the API renders it (without expansions)."""
@@ -1520,6 +1574,7 @@ class StripeDouble:
                     next_payment_attempt=None,
                 )
                 transitions["paid_at"] = at
+                self._record_payment(invoice, at)
             elif action == "fail":
                 invoice.update(
                     attempted=True,
@@ -1535,6 +1590,40 @@ class StripeDouble:
                 )
                 transitions["marked_uncollectible_at"] = at
             return self._render("invoice", invoice)
+
+    def _record_payment(self, invoice: dict[str, Any], at: int) -> None:
+        """How Stripe records an invoice's payment since API 2025-03-31 (the invoice no longer
+        names its `payment_intent` or `charge`): a PaymentIntent that succeeded, and the invoice
+        payment linking it to the invoice (GET /v1/invoice_payments?invoice=...)."""
+        amount = invoice["amount_paid"]
+        if amount <= 0:
+            return
+        intent = self._new(
+            "payment_intent",
+            {
+                "amount": amount,
+                "amount_received": amount,
+                "created": at,
+                "currency": invoice["currency"],
+                "customer": invoice["customer"],
+                "latest_charge": _new_id("ch"),
+                "payment_method_types": ["card"],
+            },
+        )
+        self._new(
+            "invoice_payment",
+            {
+                "amount_paid": amount,
+                "amount_requested": amount,
+                "created": at,
+                "currency": invoice["currency"],
+                "invoice": invoice["id"],
+                "is_default": True,
+                "payment": {"type": "payment_intent", "payment_intent": intent["id"]},
+                "status": "paid",
+                "status_transitions": {"canceled_at": None, "paid_at": at},
+            },
+        )
 
     def _finalize(self, invoice: dict[str, Any], at: int) -> None:
         self._invoice_numbers += 1
@@ -2108,6 +2197,38 @@ class StripeDouble:
 
     # checkout sessions and the customer portal
 
+    def _subscriptions_cancel(self, req: _Request) -> dict[str, Any]:
+        """DELETE /v1/subscriptions/{id}: canceled now. Stripe answers an ended subscription
+        404 "No such subscription" (it is gone for this call). A final invoice (`invoice_now`)
+        or a proration credit (`prorate`) is not modelled: asking for one is refused."""
+        p = req.params
+        sub = self._objects["subscription"].get(req.args["id"])
+        if sub is None or sub["status"] in _ENDED:
+            raise _no_such("subscription", req.args["id"])
+        _only(p, {"cancellation_details", "invoice_now", "prorate"})
+        for flag in ("invoice_now", "prorate"):
+            if p.boolean(flag):
+                raise _invalid(
+                    f"The Stripe double does not support {flag}=true on this call.", flag
+                )
+        details: _Params | None = None
+        if "cancellation_details" in p:
+            details = _check_keys(
+                p.hash("cancellation_details"), p1.SubscriptionCancelParamsCancellationDetails
+            )
+            _only(details, {"comment", "feedback"})
+        now = self._now()
+        schedule = self._objects["subscription_schedule"].get(sub["schedule"] or "")
+        if schedule is not None:  # a schedule ends with its subscription
+            schedule.update(status="canceled", canceled_at=now, current_phase=None)
+        sub.update(cancel_at_period_end=False, cancel_at=None, canceled_at=now)
+        self._end_subscription(sub, now)
+        if details is not None:
+            for key in ("comment", "feedback"):
+                if key in details.data:
+                    sub["cancellation_details"][key] = details.text(key)
+        return self._reply("subscription", sub, req)
+
     def _recurring_price(self, param: str, price_id: str) -> dict[str, Any]:
         price = self._get("price", price_id, param=param)
         if not price["active"]:
@@ -2509,6 +2630,103 @@ class StripeDouble:
             )
 
         return self._list(req, "invoice", keep)
+
+    def _invoices_finalize(self, req: _Request) -> dict[str, Any]:
+        """A draft becomes open now; `auto_advance=false` leaves its collection to the caller."""
+        p = req.params
+        _only(p, {"auto_advance"})
+        invoice = self._get("invoice", req.args["id"])
+        if invoice["status"] != "draft":
+            raise _invalid(
+                "This invoice is already finalized, you can't re-finalize a non-draft invoice."
+            )
+        auto_advance = p.boolean("auto_advance")
+        self._finalize(invoice, self._now())
+        if auto_advance is not None:
+            invoice["auto_advance"] = auto_advance
+        if auto_advance is False:
+            invoice["next_payment_attempt"] = None
+        return self._reply("invoice", invoice, req)
+
+    def _invoices_void(self, req: _Request) -> dict[str, Any]:
+        """Only a finalized, unpaid invoice (open or uncollectible) can be voided; a draft is
+        finalized or deleted first, a paid one refunded."""
+        invoice = self._get("invoice", req.args["id"])
+        if invoice["status"] not in ("open", "uncollectible"):
+            raise _invalid(
+                f"You can only void an open or uncollectible invoice; invoice {invoice['id']} "
+                f"is {invoice['status']}."
+            )
+        self._settle(invoice["id"], "void", None)
+        return self._reply("invoice", invoice, req)
+
+    def _invoice_payments_list(self, req: _Request) -> dict[str, Any]:
+        p = req.params
+        _only(p, {"ending_before", "invoice", "limit", "starting_after", "status"})
+        invoice, status = p.text("invoice"), p.text("status")
+        if status not in (None, "canceled", "open", "paid"):
+            raise _invalid("Invalid status: must be one of canceled, open, paid", "status")
+        if invoice is not None:
+            self._get("invoice", invoice, param="invoice")
+
+        def keep(payment: dict[str, Any]) -> bool:
+            return invoice in (None, payment["invoice"]) and status in (None, payment["status"])
+
+        return self._list(req, "invoice_payment", keep)
+
+    def _refunds_create(self, req: _Request) -> dict[str, Any]:
+        """A refund of a PaymentIntent (the whole unrefunded amount unless `amount` says
+        less); Stripe refuses one that is refunded already (`charge_already_refunded`) or more
+        than is left (`amount_too_large`). Refunding by `charge` is not modelled."""
+        p = req.params
+        _only(p, {"amount", "metadata", "payment_intent", "reason"})
+        intent_id = p.text("payment_intent")
+        if intent_id is None:
+            raise _invalid(
+                "One of the following params should be provided for this request: "
+                "payment_intent or charge."
+            )
+        intent = self._get("payment_intent", intent_id, param="payment_intent")
+        reason = p.text("reason")
+        if reason not in (None, "duplicate", "fraudulent", "requested_by_customer"):
+            raise _invalid(
+                "Invalid reason: must be one of duplicate, fraudulent, or requested_by_customer",
+                "reason",
+            )
+        refunded = sum(
+            r["amount"]
+            for r in self._objects["refund"].values()
+            if r["payment_intent"] == intent_id and r["status"] in ("pending", "succeeded")
+        )
+        left = intent["amount_received"] - refunded
+        if left <= 0:
+            raise _invalid(
+                f"Charge {intent['latest_charge']} has already been refunded.",
+                code="charge_already_refunded",
+            )
+        amount = p.integer("amount")
+        if amount is not None and amount <= 0:
+            raise _invalid("Invalid positive integer", "amount")
+        if amount is not None and amount > left:
+            raise _invalid(
+                f"Refund amount (${amount / 100:.2f}) is greater than unrefunded amount on "
+                f"charge (${left / 100:.2f})",
+                "amount",
+                code="amount_too_large",
+            )
+        refund = self._new(
+            "refund",
+            {
+                "amount": left if amount is None else amount,
+                "charge": intent["latest_charge"],
+                "currency": intent["currency"],
+                "metadata": p.metadata(),
+                "payment_intent": intent_id,
+                "reason": reason,
+                "status": "succeeded",
+            },
+        )
+        return self._reply("refund", refund, req)
 
     def _invoice_lines_list(self, req: _Request) -> dict[str, Any]:
         invoice = self._get("invoice", req.args["id"])
@@ -3100,6 +3318,12 @@ _ROUTES: list[_Route] = [
         p1.SubscriptionUpdateParams,
     ),
     _route(
+        "DELETE",
+        "/v1/subscriptions/{id}",
+        StripeDouble._subscriptions_cancel,
+        p1.SubscriptionCancelParams,
+    ),
+    _route(
         "POST",
         "/v1/subscription_schedules",
         StripeDouble._schedules_create,
@@ -3160,7 +3384,23 @@ _ROUTES: list[_Route] = [
         StripeDouble._invoices_preview,
         p1.InvoiceCreatePreviewParams,
     ),
+    _route(
+        "POST",
+        "/v1/invoices/{id}/finalize",
+        StripeDouble._invoices_finalize,
+        p1.InvoiceFinalizeInvoiceParams,
+    ),
+    _route(
+        "POST", "/v1/invoices/{id}/void", StripeDouble._invoices_void, p1.InvoiceVoidInvoiceParams
+    ),
     _route("GET", "/v1/invoices/{id}", _retriever("invoice"), p1.InvoiceRetrieveParams),
+    _route(
+        "GET",
+        "/v1/invoice_payments",
+        StripeDouble._invoice_payments_list,
+        p1.InvoicePaymentListParams,
+    ),
+    _route("POST", "/v1/refunds", StripeDouble._refunds_create, p1.RefundCreateParams),
     _route("GET", "/v1/events/{id}", _retriever("event"), p1.EventRetrieveParams),
     _route(
         "GET", "/v2/core/events/{id}", StripeDouble._v2_events_retrieve, p2core.EventRetrieveParams

@@ -339,18 +339,23 @@ async def test_operators_see_and_resolve_flags(world: StripeWorld, database_url:
     assert again.returncode != 0 and "no open flag" in again.stderr
 
 
-async def test_when_the_current_subscription_ends_a_still_live_one_takes_over(
+async def test_a_second_live_subscription_is_cancelled_and_the_first_stays_current(
     world: StripeWorld,
 ) -> None:
+    """The newer of two live subscriptions never becomes the company's: it is cancelled in
+    Stripe at once (tests/test_duplicate_subscriptions.py has the rest)."""
     company_id = uuid.uuid4()
-    customer, first = world.subscribe(company_id, Tier.STARTER)
+    customer, first = world.subscribe(company_id, Tier.STARTER, start=NOV_20)
     await world.send("customer.subscription.created", first)
     world.clock.set(NOV_20 + timedelta(hours=1))
-    _, second = world.subscribe(company_id, Tier.STARTER, customer=customer)  # a 2nd checkout
+    _, second = world.subscribe(  # a 2nd checkout
+        company_id, Tier.PROFESSIONAL, customer=customer, start=world.clock()
+    )
     await world.send("customer.subscription.created", second)
-    assert (await company_row(company_id)).stripe_subscription_id == second
+    company = await company_row(company_id)
+    assert (company.tier, company.stripe_subscription_id) == (Tier.STARTER, first)
     assert Flag.SECOND_LIVE in await open_flag_kinds(company_id)
-    world.double.cancel_subscription(second)  # support cancels the duplicate
+    assert world.double.get_object(second)["status"] == "canceled"
     await world.send("customer.subscription.deleted", second)
     company = await company_row(company_id)
     assert (company.tier, company.stripe_subscription_id) == (Tier.STARTER, first)

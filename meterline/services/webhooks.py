@@ -22,6 +22,7 @@ from meterline.db.sql import is_database_busy
 from meterline.db.stripe_reads import next_read_seq
 from meterline.db.webhook_events import StoredWebhookEvent
 from meterline.metrics import DATABASE_BUSY
+from meterline.services import duplicates
 from meterline.services.backfill import assumed_failure
 from meterline.services.invoices import apply_invoice
 from meterline.services.meter_errors import record_meter_errors
@@ -32,6 +33,7 @@ from meterline.services.subscriptions import (
     company_named,
 )
 from meterline.stripe_gateway.client import StripeNotConfigured
+from meterline.stripe_gateway.lifecycle import DuplicateSubscriptions
 from meterline.stripe_gateway.mirror import ObjectMissing, StripeReader, StripeReadFailed
 
 logger = logging.getLogger(__name__)
@@ -87,6 +89,9 @@ class Received:
 class WebhookProcessor:
     reader: Callable[[], StripeReader]  # raises StripeNotConfigured when there is no key
     clock: Callable[[], datetime]
+    # The calls that cancel a company's second live subscription; by default on the reader's
+    # client (one connection pool).
+    duplicates: Callable[[], DuplicateSubscriptions] | None = None
 
     async def receive(
         self,
@@ -215,17 +220,49 @@ class WebhookProcessor:
         if subscription_id is None:
             return _done(Outcome(False, "the event names no subscription"))
         read_seq = await next_read_seq()
+        reader = self.reader()
         try:
-            state = await self.reader().subscription(subscription_id)
+            state = await reader.subscription(subscription_id)
         except ObjectMissing as exc:
             return _done(Outcome(False, f"Stripe has no subscription {subscription_id}: {exc}"))
-        return lambda: apply_subscription(
-            state,
-            read_seq=read_seq,
-            now=now,
-            company_hint=company_hint,
-            observed_at=min(observed_at, now) if observed_at else None,
+        observed = min(observed_at, now) if observed_at else None
+        # A second live subscription of the company: the newer one is cancelled in Stripe now,
+        # outside any transaction (services/duplicates.py).
+        duplicate = await duplicates.resolve(
+            state, reader=reader, gateway=self._duplicate_gateway(), company_hint=company_hint
         )
+        if duplicate is None:
+            return lambda: apply_subscription(
+                state, read_seq=read_seq, now=now, company_hint=company_hint, observed_at=observed
+            )
+
+        async def step() -> Outcome:
+            kept: Outcome | None = None
+            if duplicate.cancelled.id != state.id:
+                # The one read is the older: it becomes (or stays) the company's first, so the
+                # newer one ends as a subscription that is not the company's.
+                kept = await apply_subscription(
+                    state,
+                    read_seq=read_seq,
+                    now=now,
+                    company_hint=company_hint,
+                    observed_at=observed,
+                )
+            ended = await apply_subscription(
+                duplicate.cancelled,
+                read_seq=duplicate.read_seq,
+                now=now,
+                company_hint=company_hint,
+            )
+            await duplicates.record(duplicate, now=now)
+            return kept if kept is not None else ended
+
+        return step
+
+    def _duplicate_gateway(self) -> DuplicateSubscriptions:
+        if self.duplicates is not None:
+            return self.duplicates()
+        return DuplicateSubscriptions(self.reader()._client)
 
     async def _invoice_step(self, stored: StoredWebhookEvent, now: datetime) -> Step:
         if stored.object_id is None:

@@ -4,7 +4,9 @@ Plan changes take effect on the 1st (docs/design.md): a change is a subscription
 phase, starting at the current period's end (the 1st), carries the new tier's prices; a
 cancellation is `cancel_at_period_end`. Only the customer and the checkout session carry
 idempotency keys (a retry must find the same one); a schedule update is a new request each
-time (a key reused for another change would replay the old answer).
+time (a key reused for another change would replay the old answer). `DuplicateSubscriptions`
+(at the end) cancels a company's second live subscription and refunds or voids what it charged;
+its refunds and voids carry keys derived from what they act on.
 
 Stripe objects are read as Stripe sends them: a field it may leave out (a metered price's
 `quantity` on a schedule phase item, say) is read with `_optional`, never as an attribute, which
@@ -21,7 +23,7 @@ from typing import Any
 
 import stripe
 
-from meterline.stripe_gateway.catalog import StripeCatalog
+from meterline.stripe_gateway.catalog import StripeCatalog, price_version
 from meterline.stripe_gateway.client import StripeRejection, rejection_of
 
 logger = logging.getLogger(__name__)
@@ -86,6 +88,7 @@ def _checkout_state(session: Any) -> CheckoutState:
 class PlanPrice:
     id: str
     metered: bool
+    version: int = 1  # the plan version it bills (metadata `meterline_plan_version`)
 
 
 def _line_item(price: PlanPrice) -> dict[str, Any]:
@@ -105,7 +108,9 @@ class StripeLifecycle:
             raise _failed(exc) from exc
         return {
             key: PlanPrice(
-                price.id, metered=price.spec is not None and price.spec.usage_type == "metered"
+                price.id,
+                metered=price.spec is not None and price.spec.usage_type == "metered",
+                version=price_version(price.metadata),
             )
             for key, price in found.items()
             if price.active
@@ -318,3 +323,213 @@ def _current_phase(schedule: Any) -> dict[str, Any]:
         "end_date": phase.end_date,
         "proration_behavior": "none",
     }
+
+
+# --- a duplicate subscription: cancelled at once, what it charged given back --------------------
+
+ENDED_STATUSES = frozenset({"canceled", "incomplete_expired"})
+
+
+@dataclass(frozen=True)
+class ListedSubscription:
+    """A customer's subscription as Stripe lists it."""
+
+    id: str
+    status: str
+    created: datetime
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Refunded:
+    invoice: str
+    payment: str  # the PaymentIntent (or charge) refunded
+    refund: str | None  # None: Stripe had refunded it already
+    amount: int | None
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What a cancelled duplicate had charged, and what became of it."""
+
+    voided: tuple[str, ...] = ()  # invoices voided (open, uncollectible, or draft finalized)
+    refunded: tuple[Refunded, ...] = ()
+    # Paid otherwise than through a PaymentIntent or a charge (out of band, a payment record):
+    # nothing Stripe can refund; an operator settles it.
+    unrefundable: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        parts = [
+            f"refunded {r.payment} of invoice {r.invoice}"
+            + (f" ({r.amount} in minor units, refund {r.refund})" if r.refund else " (already)")
+            for r in self.refunded
+        ]
+        parts += [f"voided invoice {invoice}" for invoice in self.voided]
+        parts += [f"invoice {i} was paid out of band: refund it by hand" for i in self.unrefundable]
+        return "; ".join(parts) or "it had charged nothing"
+
+
+def _metadata_of(obj: Any) -> dict[str, str]:
+    metadata = _optional(obj, "metadata")
+    return {str(k): str(v) for k, v in metadata.to_dict().items()} if metadata else {}
+
+
+class DuplicateSubscriptions:
+    """The Stripe calls that undo a company's second live subscription (services/duplicates.py):
+    cancel it at once, void what it left unpaid, refund what it was paid.
+
+    Every call can be repeated: a cancelled subscription is found cancelled (Stripe answers 404
+    to a second cancellation), a void invoice is left alone, and a refund carries an idempotency
+    key derived from the payment it refunds, so a retry, even one whose first answer was lost,
+    replays the same refund; past Stripe's 24 hours of idempotency, a payment refunded already
+    answers `charge_already_refunded`, which counts as done."""
+
+    def __init__(self, client: stripe.StripeClient) -> None:
+        self._client = client
+
+    async def customer_subscriptions(self, customer: str) -> list[ListedSubscription]:
+        """The customer's subscriptions that have not ended (Stripe's default list leaves out
+        `canceled` and `incomplete_expired`), one page: a customer has a handful."""
+        try:
+            page = await self._client.v1.subscriptions.list_async(
+                {"customer": customer, "limit": 100}
+            )
+        except stripe.StripeError as exc:
+            raise _failed(exc) from exc
+        return [
+            ListedSubscription(
+                id=str(sub.id),
+                status=str(sub.status),
+                created=datetime.fromtimestamp(int(sub.created), UTC),
+                metadata=_metadata_of(sub),
+            )
+            for sub in page.data
+        ]
+
+    async def set_metadata(self, subscription_id: str, metadata: dict[str, str]) -> None:
+        """Set (or, with "", unset) metadata keys; Stripe takes metadata on a cancelled
+        subscription too."""
+        try:
+            await self._client.v1.subscriptions.update_async(
+                subscription_id, {"metadata": metadata}
+            )
+        except stripe.StripeError as exc:
+            raise _failed(exc) from exc
+
+    async def cancel_now(self, subscription_id: str, comment: str) -> bool:
+        """Cancel at once: no proration credit, no final invoice (`prorate=false`,
+        `invoice_now=false`: the usage it metered bills on the subscription that stays).
+        False when Stripe had ended it already: it answers an ended subscription 404 "No such
+        subscription", so the subscription is read to tell that from one that never was."""
+        try:
+            await self._client.v1.subscriptions.cancel_async(
+                subscription_id,
+                {
+                    "prorate": False,
+                    "invoice_now": False,
+                    "cancellation_details": {"comment": comment},
+                },
+            )
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status == 404:
+                try:
+                    found = await self._client.v1.subscriptions.retrieve_async(subscription_id)
+                except stripe.StripeError:
+                    raise _failed(exc) from exc
+                if str(found.status) in ENDED_STATUSES:
+                    return False
+            raise _failed(exc) from exc
+        except stripe.StripeError as exc:
+            raise _failed(exc) from exc
+        return True
+
+    async def cancellation_comment(self, subscription_id: str) -> str | None:
+        """The comment its cancellation left (`cancellation_details.comment`)."""
+        try:
+            sub = await self._client.v1.subscriptions.retrieve_async(subscription_id)
+        except stripe.StripeError as exc:
+            raise _failed(exc) from exc
+        comment = _optional(_optional(sub, "cancellation_details"), "comment")
+        return str(comment) if comment else None
+
+    async def settle(self, subscription_id: str) -> Settlement:
+        """Give back what the (cancelled) subscription charged: each of its invoices that is
+        open or uncollectible is voided; a draft is finalized without collection
+        (`auto_advance=false`) and voided (Stripe deletes only one-off drafts, and voids only
+        finalized invoices); a paid one is refunded through its invoice payments
+        (`GET /v1/invoice_payments?invoice=`: since API 2025-03-31 the invoice no longer names
+        its `payment_intent` or `charge`), with reason `duplicate`."""
+        voided: list[str] = []
+        refunded: list[Refunded] = []
+        unrefundable: list[str] = []
+        try:
+            for invoice in await self._invoices(subscription_id):
+                invoice_id, status = str(invoice.id), str(invoice.status)
+                if status == "draft":
+                    await self._client.v1.invoices.finalize_invoice_async(
+                        invoice_id,
+                        {"auto_advance": False},
+                        {"idempotency_key": f"meterline-duplicate-finalize-{invoice_id}"},
+                    )
+                    status = "open"
+                if status in ("open", "uncollectible"):
+                    await self._client.v1.invoices.void_invoice_async(
+                        invoice_id,
+                        options={"idempotency_key": f"meterline-duplicate-void-{invoice_id}"},
+                    )
+                    voided.append(invoice_id)
+                elif status == "paid" and int(_optional(invoice, "amount_paid") or 0) > 0:
+                    found, missing = await self._refund_invoice(subscription_id, invoice_id)
+                    refunded += found
+                    unrefundable += [invoice_id] if missing else []
+        except stripe.StripeError as exc:
+            raise _failed(exc) from exc
+        return Settlement(tuple(voided), tuple(refunded), tuple(unrefundable))
+
+    async def _invoices(self, subscription_id: str) -> list[Any]:
+        invoices: list[Any] = []
+        params: dict[str, Any] = {"subscription": subscription_id, "limit": 100}
+        while True:
+            page = await self._client.v1.invoices.list_async(params)  # type: ignore[arg-type]
+            invoices += page.data
+            if not page.has_more or not page.data:
+                return invoices
+            params["starting_after"] = str(page.data[-1].id)
+
+    async def _refund_invoice(
+        self, subscription_id: str, invoice_id: str
+    ) -> tuple[list[Refunded], bool]:
+        """Refund every paid payment of the invoice; True as well when one could not be."""
+        page = await self._client.v1.invoice_payments.list_async(
+            {"invoice": invoice_id, "status": "paid", "limit": 100}
+        )
+        done: list[Refunded] = []
+        missing = False
+        for payment in page.data:
+            paid_by = _optional(payment, "payment")
+            intent = _id_of(_optional(paid_by, "payment_intent"))
+            charge = _id_of(_optional(paid_by, "charge"))
+            target = intent or charge
+            if target is None:
+                missing = True
+                continue
+            params: dict[str, Any] = {
+                "payment_intent" if intent else "charge": target,
+                "reason": "duplicate",
+                "metadata": {
+                    "meterline_duplicate_subscription": subscription_id,
+                    "meterline_invoice": invoice_id,
+                },
+            }
+            try:
+                refund = await self._client.v1.refunds.create_async(
+                    params,  # type: ignore[arg-type]
+                    {"idempotency_key": f"meterline-duplicate-refund-{target}"},
+                )
+            except stripe.InvalidRequestError as exc:
+                if exc.code != "charge_already_refunded":
+                    raise
+                done.append(Refunded(invoice_id, target, None, None))
+                continue
+            done.append(Refunded(invoice_id, target, str(refund.id), int(refund.amount)))
+        return done, missing
