@@ -420,3 +420,34 @@ async def test_company_show_lists_the_plan_history_and_the_period_in_force(
         "PLAN from 2026-11-01 00:00:00 starter v1 billed (subscription)  <- in force",
         "PLAN from 2026-12-01 00:00:00 free v(by date) not billed (scheduled_end)",
     ]
+
+
+# --- case 11: units of a paid month that miss its invoice are shown as such -------------------
+
+UNBILLED = "query($month: String) { monthlySummary(month: $month) { unbilledUnits } }"
+
+
+async def test_case11_units_that_missed_the_invoice_are_shown_in_the_months_summary(
+    world: StripeWorld,
+) -> None:
+    company_id, _, _ = await subscribed(world, Tier.STARTER)
+    await recorded(company_id, EventType.SMS_SENT, 40, DEC_1 - timedelta(minutes=30))
+    late = await recorded(
+        company_id, EventType.SMS_SENT, 7, DEC_1 + timedelta(minutes=40), NOV_LAST_SECOND
+    )
+    assert late.event.sync_state == "pending"
+
+    async def unbilled(at: datetime) -> int:
+        world.clock.set(at)
+        body = await world.api.gql(
+            UNBILLED, {"month": "2026-11"}, token=make_token(company_id, "company_admin")
+        )
+        assert "errors" not in body, body
+        return int(body["data"]["monthlySummary"]["unbilledUnits"])
+
+    # Stripe never got them (an incident): while the invoice is open they may still go.
+    assert await unbilled(DEC_1 + timedelta(minutes=59, seconds=59)) == 0
+    assert await unbilled(DEC_1 + timedelta(hours=1)) == 47
+    world.clock.set(DEC_1 + timedelta(minutes=50))
+    await world.sync(company_id)
+    assert await unbilled(DEC_1 + timedelta(hours=2)) == 0

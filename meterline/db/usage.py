@@ -495,3 +495,16 @@ async def release_stranded_events(month: date) -> int:
         month,
     )
     return int(status.split()[-1])
+
+
+async def units_not_in_stripe(company_id: uuid.UUID, month: date) -> int:
+    """The month's units recorded for Stripe that Stripe does not hold: not yet sent, being
+    sent, failed or unknown."""
+    row = await sql.fetchrow(
+        "SELECT coalesce(sum(quantity), 0) AS units FROM usage_events "
+        "WHERE company_id = $1 AND month = $2 "
+        "AND sync_state IN ('pending', 'sending', 'failed', 'unknown')",
+        company_id,
+        month,
+    )
+    return int(row["units"]) if row else 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from datetime import date
 from typing import Any
 
 import strawberry
@@ -51,6 +52,14 @@ async def monthly_summary(info: Info, month: str | None = None) -> MonthlySummar
     chosen = month_argument(month) if month is not None else month_of(ctx.now())
     summary = await usage.monthly_summary(company, chosen, ctx.now())
     return MonthlySummary.of(summary) if summary else None
+
+
+async def month_units_missing_from_invoice(info: Info, month: date) -> int:
+    ctx = info.context
+    company = await ctx.company(Permission.READ_USAGE)
+    return await usage.units_missing_from_invoice(
+        company, month, now=ctx.now(), late_grace_hours=ctx.settings.late_usage_grace_hours
+    )
 
 
 async def usage_history(info: Info, months: int | None = 12) -> list[MonthlySummary]:

@@ -167,6 +167,14 @@ async def _month_invoice(root: MonthlySummary, info: strawberry.Info[Any, None])
     return await month_invoice(info, root.month)
 
 
+async def _units_missing_from_invoice(
+    root: MonthlySummary, info: strawberry.Info[Any, None]
+) -> int:
+    from meterline.resolvers.usage import month_units_missing_from_invoice  # imports this module
+
+    return await month_units_missing_from_invoice(info, root.month)
+
+
 @strawberry.type
 class MonthlySummary:
     month: date
@@ -175,6 +183,12 @@ class MonthlySummary:
     invoice: Invoice | None = strawberry.field(
         resolver=_month_invoice,
         description="The Stripe invoice carrying this month's usage, once mirrored (admins).",
+    )
+    unbilled_units: int = strawberry.field(
+        resolver=_units_missing_from_invoice,
+        description="Units of this month recorded for Stripe that Stripe did not get before "
+        "the month's invoice closed (its end + LATE_USAGE_GRACE_HOURS): counted here, never "
+        "invoiced. 0 while the invoice is open.",
     )
 
     @classmethod

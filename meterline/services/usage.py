@@ -16,10 +16,12 @@ from typing import Any
 from meterline.billing.catalog import MAX_QUANTITY, MIN_QUANTITY, EventType, Tier
 from meterline.billing.dunning import BillingStatus
 from meterline.billing.periods import (
+    add_months,
     as_utc,
     billable_window,
     format_month,
     month_of,
+    month_start,
     months_back,
 )
 from meterline.billing.plans import (
@@ -677,6 +679,17 @@ async def monthly_summary(company: Company, month: date, now: datetime) -> Month
     if month > month_of(now):
         raise BadUserInput(f"month {format_month(month)} has not started yet")
     return (await _month_summaries(company, [month]))[0]
+
+
+async def units_missing_from_invoice(
+    company: Company, month: date, *, now: datetime, late_grace_hours: int
+) -> int:
+    """Units of `month` that were to be billed and are not in Stripe once its invoice closed
+    (the month's end + LATE_USAGE_GRACE_HOURS): Stripe will not invoice them. 0 while the
+    invoice is open (the sync may still deliver them)."""
+    if now < month_start(add_months(month, 1)) + timedelta(hours=late_grace_hours):
+        return 0
+    return await usage.units_not_in_stripe(company.id, month)
 
 
 async def usage_history(company: Company, months: int, now: datetime) -> list[MonthSummary]:
