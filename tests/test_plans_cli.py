@@ -44,7 +44,7 @@ from meterline.services.stripe_setup import Action, setup_stripe
 from meterline.stripe_gateway.catalog import StripeCatalog, StripePrice
 from meterline.stripe_gateway.client import close_client, make_client
 from tests.commands import meterline
-from tests.conftest import Clock, make_token
+from tests.conftest import Clock, _with_database, make_token
 from tests.plans import put_on_tier
 from tests.test_plan_exactness import changed_tier, recorded, scheduled_tier
 from tests.test_plan_exactness import subscribed as subscribed_at_nov_20
@@ -62,8 +62,7 @@ JAN_1 = datetime(2027, 1, 1, tzinfo=UTC)
 
 
 def _url(server_url: str, name: str) -> str:
-    base, _, _ = server_url.rpartition("/")
-    return f"{base}/{name}"
+    return _with_database(server_url, name)  # also the embedded server's socket form
 
 
 async def _admin(server_url: str, statement: str) -> None:
