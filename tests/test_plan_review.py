@@ -1,6 +1,7 @@
 """Issue 12: the findings of the billing review of the plan history, each a test that failed
 before its fix (late events that moved a pause back, two writers of one history, a pause and
-its resumption inside a month, operator accounts beside subscriptions)."""
+its resumption inside a month, operator accounts beside subscriptions, duplicates). Each
+docstring tells the scenario as the reviewer found it failing."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from meterline.billing.catalog import EventType, Tier
 from meterline.db import sql
 from meterline.services import usage
 from meterline.stripe_gateway.client import close_client, make_client
+from tests.conftest import make_token
+from tests.test_duplicate_subscriptions import older_and_newer, pay_first_invoice, two_tabs_paid
 from tests.test_plan_exactness import (
     DEC_1,
     changed_tier,
@@ -25,7 +28,7 @@ from tests.test_plan_exactness import (
     recorded,
     subscribed,
 )
-from tests.webhook_support import NOV_20, StripeWorld
+from tests.webhook_support import NOV_20, StripeWorld, company_row
 
 JAN_1 = datetime(2027, 1, 1, tzinfo=UTC)
 
@@ -324,3 +327,155 @@ async def test_checkout_after_a_manual_account_never_bills_its_usage(
     await world.send("customer.subscription.created", subscription)
     await world.sync(company_id)
     assert world.double.meter_total(customer, "sms_sent") == 0
+
+
+# --- the second review round ---------------------------------------------------------
+
+NOV_1 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+async def test_subscribing_again_the_month_after_an_immediate_cancellation_bills_it(
+    world: StripeWorld,
+) -> None:
+    """Starter, cancelled at once on 25 Nov (dashboard, or dunning's final cancel). The ENDED
+    period carries tier starter. On 10 Dec the company checks out starter again. for_month(Dec)
+    returns the ENDED period (tier is not FREE) -> December is priced by the FREE plan, while
+    Stripe's new subscription bills starter (50 AI queries included)."""
+    company_id, customer, sub1 = await subscribed(world, Tier.STARTER)
+    world.clock.set(datetime(2026, 11, 25, tzinfo=UTC))
+    world.double.cancel_subscription(sub1)
+    await world.send("customer.subscription.deleted", sub1)
+    dec10 = datetime(2026, 12, 10, tzinfo=UTC)
+    world.clock.set(dec10)
+    _, sub2 = world.subscribe(company_id, Tier.STARTER, customer=customer, start=dec10)
+    await world.send("customer.subscription.created", sub2)
+    got = await recorded(company_id, EventType.AI_QUERY, 60, dec10 + timedelta(hours=1))
+    world.clock.set(dec10 + timedelta(hours=2))
+    await world.sync(company_id)
+    december = await month_summary(world, company_id, "2026-12")
+    billed = stripe_cents(world, sub2, DEC_1)
+    shown = december["totalOverageCost"]["amount"]
+    assert (meter(december, "AI_QUERY")["included"], shown, billed) == (50, "2.00", 200), (
+        got.usage,
+        december,
+        billed,
+        await periods(company_id),
+    )
+
+
+async def test_an_older_duplicate_going_live_late_takes_the_month_over(
+    world: StripeWorld,
+) -> None:
+    """Tab 1 starter (incomplete, 3DS), tab 2 professional paid: professional becomes current
+    and billed from 1 Nov. Tab 1 completes: professional is cancelled and refunded, starter
+    kept. The history keeps the cancelled professional period from 1 Nov: November is priced
+    professional (200 AI included) while Stripe bills it on the starter subscription."""
+    company_id = uuid.uuid4()
+    customer, older = world.subscribe(
+        company_id, Tier.STARTER, status="incomplete", start=world.clock()
+    )
+    await world.send("customer.subscription.created", older)
+    world.clock.set(NOV_20 + timedelta(minutes=2))
+    _, newer = world.subscribe(
+        company_id, Tier.PROFESSIONAL, customer=customer, start=world.clock()
+    )
+    pay_first_invoice(world, newer)
+    await world.send("customer.subscription.created", newer)
+    world.clock.set(NOV_20 + timedelta(minutes=3))
+    world.double.update_subscription(older, status="active")
+    await world.send("customer.subscription.updated", older)
+    assert world.double.get_object(newer)["status"] == "canceled"
+    assert (await company_row(company_id)).stripe_subscription_id == older
+    at = NOV_20 + timedelta(hours=1)
+    await recorded(company_id, EventType.AI_QUERY, 60, at)
+    world.clock.set(at + timedelta(minutes=1))
+    await world.sync(company_id)
+    november = await month_summary(world, company_id, "2026-11")
+    billed = stripe_cents(world, older, NOV_1)
+    assert (november["totalOverageCost"]["amount"], billed) == ("2.00", 200), (
+        november,
+        billed,
+        await periods(company_id),
+    )
+
+
+async def test_an_end_before_a_scheduled_end_counts_from_ended_at(world: StripeWorld) -> None:
+    """cancel_at_period_end (scheduled end 1 Dec); on 25 Nov cancelled at once in the dashboard;
+    its deleted event is retried and applied in the grace hour. The confirmation path keeps the
+    end at 1 Dec: a late event stamped 28 Nov is accepted uncapped and sent, though no
+    subscription bills it (the same delivery without the scheduled end caps it)."""
+    company_id, _, subscription = await subscribed(world, Tier.STARTER)
+    world.double.update_subscription(subscription, cancel_at_period_end=True)
+    await world.send("customer.subscription.updated", subscription)
+    world.clock.set(datetime(2026, 11, 25, tzinfo=UTC))
+    world.double.cancel_subscription(subscription)
+    deleted = world.double.snapshot_event("customer.subscription.deleted", subscription)
+    world.clock.set(DEC_1 + timedelta(minutes=10))
+    assert (await world.deliver(deleted)).status_code == 200
+    outcome = await record(
+        company_id,
+        EventType.SMS_SENT,
+        100_000,
+        DEC_1 + timedelta(minutes=20),
+        datetime(2026, 11, 28, tzinfo=UTC),
+    )
+    assert isinstance(outcome, usage.LimitExceeded), (outcome, await periods(company_id))
+
+
+async def test_an_end_applied_late_counts_from_ended_at(world: StripeWorld) -> None:
+    company_id, _, subscription = await subscribed(world, Tier.STARTER)
+    world.clock.set(datetime(2026, 11, 25, tzinfo=UTC))
+    world.double.cancel_subscription(subscription)
+    deleted = world.double.snapshot_event("customer.subscription.deleted", subscription)
+    world.clock.set(DEC_1 + timedelta(minutes=10))
+    assert (await world.deliver(deleted)).status_code == 200
+    outcome = await record(
+        company_id,
+        EventType.SMS_SENT,
+        100_000,
+        DEC_1 + timedelta(minutes=20),
+        datetime(2026, 11, 28, tzinfo=UTC),
+    )
+    assert isinstance(outcome, usage.LimitExceeded), (outcome, await periods(company_id))
+
+
+async def test_the_newer_tabs_webhook_first_never_leaves_the_paying_company_free(
+    world: StripeWorld,
+) -> None:
+    """Two tabs paid; the newer subscription's webhook arrives first: it is cancelled and applied
+    as the company's current subscription (canceled): the company is free, capped, local_only,
+    until the older one's own webhook arrives, though Stripe bills it on the older one."""
+    company_id, events, _ = await two_tabs_paid(world, timedelta(seconds=3))
+    older, newer = older_and_newer(world, list(events))
+    world.clock.set(world.clock() + timedelta(seconds=30))
+    for event in events[newer]:
+        assert (await world.deliver(event)).status_code == 200
+    assert world.double.get_object(newer)["status"] == "canceled"
+    assert world.double.get_object(older)["status"] == "active"
+    company = await company_row(company_id)
+    outcome = await record(company_id, EventType.SMS_SENT, 100, world.clock())
+    assert isinstance(outcome, usage.Recorded), (
+        outcome,
+        company.stripe_subscription_id,
+        company.subscription_status,
+        newer,
+        older,
+    )
+
+
+async def test_a_manual_accounts_month_cannot_start_a_checkout(world: StripeWorld) -> None:
+    """A month is billed by one plan: a manual enterprise account (company set-tier) cannot
+    also be billed by a subscription from the 20th (Stripe would bill only what follows)."""
+    from meterline.services.plan_history import set_tier_by_operator
+
+    company_id = uuid.uuid4()
+    await set_tier_by_operator(company_id, Tier.ENTERPRISE, now=datetime(2026, 11, 5, tzinfo=UTC))
+    body = await world.api.gql(
+        "mutation { startCheckout(tier: STARTER) { __typename "
+        "... on CheckoutUnavailable { retryAt message } } }",
+        token=make_token(company_id, "company_admin"),
+    )
+    answer = body["data"]["startCheckout"]
+    assert answer["__typename"] == "CheckoutUnavailable", body
+    assert answer["retryAt"].startswith("2026-12-01T00:00:00")
+    assert "manual enterprise account" in answer["message"]

@@ -74,7 +74,7 @@ class PlanHistory:
         first invoice bills the whole month's usage, stamped at the start, at the paid prices)."""
         start, end = month_start(month), month_end(month)
         at_start = self.at(start)
-        if at_start.billed or at_start.tier is not Tier.FREE:
+        if at_start.billed or at_start.reason == Reason.OPERATOR:
             return at_start  # a paid month, or a manual account's: it keeps its plan
         for period in self.periods:
             if start < period.effective_from < end and period.billed:

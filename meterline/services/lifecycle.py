@@ -212,6 +212,8 @@ async def start_checkout(
         )
     if not settings.checkout_success_url:
         raise StripeUnavailable("Checkout is not configured on this server (CHECKOUT_SUCCESS_URL).")
+    if (manual := _manual_month(company, now)) is not None:
+        return manual
     previous = await checkouts.open_session(company.id)
     if previous is not None:
         state = await _stripe(lifecycle.checkout_state(previous.id))
@@ -357,6 +359,27 @@ def checkout_opens_at(now: datetime) -> datetime:
     this_month = month_start(month_of(now))
     first = this_month if floor_to_second(now) == this_month else next_first(now)
     return first + timedelta(seconds=1)
+
+
+def _manual_month(company: Company, now: datetime) -> CheckoutUnavailable | None:
+    """A manual account's month (`company set-tier` to a paid tier) cannot also be a
+    subscription's: Meterline prices a month by one plan, and Stripe would bill only the part
+    after the subscription's start. The subscription can start on the next 1st."""
+    begin = month_start(month_of(now))
+    manual = [
+        p
+        for p in (company.plans.at(begin), company.plans.at(now))
+        if p.reason == Reason.OPERATOR and p.tier is not Tier.FREE
+    ]
+    if not manual:
+        return None
+    retry_at = next_first(now)
+    return CheckoutUnavailable(
+        retry_at=retry_at,
+        message=f"This company is a manual {manual[0].tier.value} account this month (set by an "
+        "operator): a month is billed by one plan, so a subscription can start from the 1st "
+        "after an operator sets it back to free.",
+    )
 
 
 def _no_anchor(now: datetime) -> CheckoutUnavailable:

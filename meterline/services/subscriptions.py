@@ -141,10 +141,8 @@ async def apply_subscription(
     read_seq: int,
     now: datetime,
     company_hint: uuid.UUID | None = None,
-    observed_at: datetime | None = None,
 ) -> Outcome:
-    """Apply the state read (with `read_seq`) in the caller's transaction. `observed_at`: when
-    Stripe reported it (the event's `created`), the instant a pause is taken to start."""
+    """Apply the state read (with `read_seq`) in the caller's transaction."""
     named = company_named(state.metadata) or company_hint
     linked = await companies.by_customer(state.customer)
     if linked is not None and named is not None and linked.id != named:
@@ -212,7 +210,7 @@ async def apply_subscription(
             now=now,
         )
     version = version_of(state.prices)
-    becoming = _becoming(state, tier or company.tier, version, now, observed_at or now)
+    becoming = _becoming(state, tier or company.tier, version, now)
     if state.status not in LIVE_STATUSES:
         # The current subscription ended: another one still live (a second checkout) bills
         # the company now.
@@ -240,7 +238,6 @@ class Becoming:
     stopped_at: datetime | None = None
     stop_reason: str = Reason.ENDED
     ends_at: datetime | None = None  # cancel_at_period_end: the period's end
-    observed_at: datetime | None = None  # when Stripe reported this state
 
 
 def bills(state: SubscriptionState) -> bool:
@@ -248,9 +245,7 @@ def bills(state: SubscriptionState) -> bool:
     return state.status in LIVE_STATUSES and state.pause_collection is None
 
 
-def _becoming(
-    state: SubscriptionState, tier: Tier, version: int, now: datetime, observed_at: datetime
-) -> Becoming:
+def _becoming(state: SubscriptionState, tier: Tier, version: int, now: datetime) -> Becoming:
     # A pause counts from when Meterline applies it (Stripe's objects do not say when it
     # began, and an event's own time may be older than the state re-read): what was recorded
     # before was billed by the paid plan and sent. An end counts from Stripe's `ended_at`.
@@ -278,7 +273,6 @@ def _becoming(
         stopped_at=stopped_at,
         stop_reason=reason,
         ends_at=state.current_period_end if state.cancel_at_period_end else None,
-        observed_at=observed_at,
     )
 
 
@@ -292,7 +286,7 @@ def _becoming_from_mirror(mirror: SubscriptionMirror, current: Tier, version: in
         paying_from=max(mirror.start_date, mirror.created),
         tier_since=None,
         ends_at=mirror.current_period_end if mirror.cancel_at_period_end else None,
-    )  # observed now
+    )
 
 
 # A change Stripe applies at a period start (a scheduled change, a cancellation at period end)
@@ -321,10 +315,13 @@ def history_after(
     if becoming.stopped_at is not None:
         since = min(becoming.stopped_at, now)
         current = history.at(now)
-        if current.reason == Reason.SCHEDULED_END and becoming.stop_reason == Reason.ENDED:
+        ended = becoming.stop_reason == Reason.ENDED
+        if ended and history.at(since).billed:
+            pass  # an end is Stripe's fact (`ended_at`): written there, whatever was scheduled
+        elif ended and current.reason == Reason.SCHEDULED_END:
             confirmed = replace(current, reason=Reason.ENDED)  # the cancellation happened
             return history.with_period(confirmed, drop_scheduled_after=False), None
-        if not current.billed or not history.at(since).billed:
+        elif not current.billed or not history.at(since).billed:
             # It never billed, or it stopped already: a stop is never moved (a late event
             # re-read after a pause must not date the pause back).
             return history, None
@@ -364,7 +361,7 @@ def history_after(
         at_begin = history.at(month_begin)
         earlier_billed = (
             at_begin.billed
-            or at_begin.tier is not Tier.FREE
+            or at_begin.reason == Reason.OPERATOR
             or any(p.billed and month_begin <= p.effective_from < starts for p in history.periods)
         )
         since = starts if earlier_billed else month_begin
@@ -372,14 +369,27 @@ def history_after(
         since = becoming.tier_since or becoming.paying_from
         since = at_month_start(since) or since
         in_force = history.at(since)
-        same = (in_force.tier, in_force.version, in_force.billed) == (
+        # Another subscription billed until now (a duplicate cancelled, or one that ended while
+        # this one stayed live): this one takes its period over, month included.
+        takeover = in_force.billed and in_force.subscription_id not in (
+            None,
+            becoming.subscription_id,
+        )
+        if takeover:
+            since = in_force.effective_from
+        same = not takeover and (in_force.tier, in_force.version, in_force.billed) == (
             becoming.tier,
             becoming.version,
             True,
         )
         if same and in_force.reason not in SCHEDULED:
             since = in_force.effective_from  # nothing new: the period in force goes on
-        elif not same and at_month_start(since) is None and since > month_start(month_of(since)):
+        elif (
+            not same
+            and not takeover
+            and at_month_start(since) is None
+            and since > month_start(month_of(since))
+        ):
             note = (
                 f"subscription {becoming.subscription_id} moved the company from "
                 f"{in_force.tier.value} to {becoming.tier.value} in the middle of the month as "

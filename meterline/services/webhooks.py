@@ -181,7 +181,7 @@ class WebhookProcessor:
         now = self.clock()
         obj = stored.payload.get("data", {}).get("object", {})
         if stored.type in SUBSCRIPTION_EVENTS:
-            return await self._subscription_step(stored.object_id, now, observed_at=stored.created)
+            return await self._subscription_step(stored.object_id, now)
         if stored.type in SCHEDULE_EVENTS:
             if stored.object_id is None:
                 return _done(Outcome(False, "the event names no schedule"))
@@ -215,7 +215,6 @@ class WebhookProcessor:
         subscription_id: str | None,
         now: datetime,
         company_hint: uuid.UUID | None = None,
-        observed_at: datetime | None = None,
     ) -> Step:
         if subscription_id is None:
             return _done(Outcome(False, "the event names no subscription"))
@@ -225,7 +224,6 @@ class WebhookProcessor:
             state = await reader.subscription(subscription_id)
         except ObjectMissing as exc:
             return _done(Outcome(False, f"Stripe has no subscription {subscription_id}: {exc}"))
-        observed = min(observed_at, now) if observed_at else None
         # A second live subscription of the company: the newer one is cancelled in Stripe now,
         # outside any transaction (services/duplicates.py).
         duplicate = await duplicates.resolve(
@@ -233,20 +231,28 @@ class WebhookProcessor:
         )
         if duplicate is None:
             return lambda: apply_subscription(
-                state, read_seq=read_seq, now=now, company_hint=company_hint, observed_at=observed
+                state, read_seq=read_seq, now=now, company_hint=company_hint
             )
+        kept_state, kept_seq = state, read_seq
+        if duplicate.cancelled.id == state.id:
+            # The newer one's event came first: the older one, live in Stripe and billing the
+            # company, is applied first too, so the company is never left free meanwhile.
+            kept_seq = await next_read_seq()
+            try:
+                kept_state = await reader.subscription(duplicate.kept)
+            except ObjectMissing:
+                kept_state = state
 
         async def step() -> Outcome:
             kept: Outcome | None = None
-            if duplicate.cancelled.id != state.id:
-                # The one read is the older: it becomes (or stays) the company's first, so the
-                # newer one ends as a subscription that is not the company's.
+            if kept_state.id != duplicate.cancelled.id:
+                # The older one becomes (or stays) the company's first, so the newer one ends
+                # as a subscription that is not the company's.
                 kept = await apply_subscription(
-                    state,
-                    read_seq=read_seq,
+                    kept_state,
+                    read_seq=kept_seq,
                     now=now,
                     company_hint=company_hint,
-                    observed_at=observed,
                 )
             ended = await apply_subscription(
                 duplicate.cancelled,
