@@ -384,3 +384,24 @@ async def test_a_marked_subscription_that_ended_otherwise_is_never_refunded(
     assert world.double.refunds() == []
     assert world.double.get_object(invoice)["status"] == "paid"
     assert (await company_row(company_id)).tier is Tier.FREE
+
+
+async def test_a_duplicate_that_billed_a_past_period_keeps_its_renewals(
+    world: StripeWorld,
+) -> None:
+    """A renewal (`subscription_cycle`) of the cancelled one billed a past period's usage (it
+    was the company's for a while): never refunded blindly; only its opening invoice is, and
+    the flag tells the operator about the renewal."""
+    company_id, events, invoices = await two_tabs_paid(world, timedelta(seconds=3))
+    older, newer = older_and_newer(world, list(events))
+    renewal = world.double.invoice_for_month(
+        newer, int(datetime(2026, 10, 1, tzinfo=UTC).timestamp()), status="paid"
+    )
+    world.clock.set(world.clock() + timedelta(seconds=30))
+    for event in events[older] + events[newer]:
+        assert (await world.deliver(event)).status_code == 200
+    assert world.double.get_object(newer)["status"] == "canceled"
+    assert refunded(world) == [(payment_intent_of(world, invoices[newer]), FIRST_INVOICE_CENTS)]
+    assert world.double.get_object(renewal)["status"] == "paid"
+    flag = next(f for f in await flags.open_flags(company_id) if f.object_id == newer)
+    assert renewal in flag.message and "renewal" in flag.message

@@ -357,6 +357,8 @@ class Settlement:
     # Paid otherwise than through a PaymentIntent or a charge (out of band, a payment record):
     # nothing Stripe can refund; an operator settles it.
     unrefundable: tuple[str, ...] = ()
+    # Paid renewals (`subscription_cycle`): they billed a past period; an operator decides.
+    renewals: tuple[str, ...] = ()
 
     def describe(self) -> str:
         parts = [
@@ -366,6 +368,10 @@ class Settlement:
         ]
         parts += [f"voided invoice {invoice}" for invoice in self.voided]
         parts += [f"invoice {i} was paid out of band: refund it by hand" for i in self.unrefundable]
+        parts += [
+            f"invoice {i} is a paid renewal (it billed a past period): not refunded, decide by hand"
+            for i in self.renewals
+        ]
         return "; ".join(parts) or "it had charged nothing"
 
 
@@ -462,9 +468,19 @@ class DuplicateSubscriptions:
         voided: list[str] = []
         refunded: list[Refunded] = []
         unrefundable: list[str] = []
+        renewals: list[str] = []
         try:
             for invoice in await self._invoices(subscription_id):
                 invoice_id, status = str(invoice.id), str(invoice.status)
+                if (
+                    status == "paid"
+                    and _optional(invoice, "billing_reason") == "subscription_cycle"
+                ):
+                    # A paid renewal billed a past period's usage: the duplicate was the
+                    # company's for a while (an older one went live late). Never refunded
+                    # blindly: an operator decides.
+                    renewals.append(invoice_id)
+                    continue
                 if status == "draft":
                     await self._client.v1.invoices.finalize_invoice_async(
                         invoice_id,
@@ -484,7 +500,7 @@ class DuplicateSubscriptions:
                     unrefundable += [invoice_id] if missing else []
         except stripe.StripeError as exc:
             raise _failed(exc) from exc
-        return Settlement(tuple(voided), tuple(refunded), tuple(unrefundable))
+        return Settlement(tuple(voided), tuple(refunded), tuple(unrefundable), tuple(renewals))
 
     async def _invoices(self, subscription_id: str) -> list[Any]:
         invoices: list[Any] = []
