@@ -21,6 +21,7 @@ from meterline.stripe_gateway.client import close_client, make_client
 from tests.commands import meterline
 from tests.conftest import make_token
 from tests.plans import put_on_tier
+from tests.test_record_usage_batch import lock_waiters
 from tests.webhook_support import NOV_20, StripeWorld, company_row
 
 DEC_1 = datetime(2026, 12, 1, tzinfo=UTC)
@@ -121,19 +122,6 @@ async def test_case3_after_a_cancellation_on_the_first_late_events_of_the_paid_m
 
 
 # --- case 4: a recording racing the webhook that changes the plan ---------------------------------
-
-
-async def lock_waiters(watcher: asyncpg.Connection, count: int) -> None:
-    deadline = asyncio.get_running_loop().time() + 10
-    while (
-        await watcher.fetchval(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        )
-        < count
-    ):
-        assert asyncio.get_running_loop().time() < deadline, f"fewer than {count} lock waits"
-        await asyncio.sleep(0.005)  # polling a real condition, not standing in for one
 
 
 async def test_case4_a_recording_racing_the_tier_change_is_priced_by_the_new_plan(

@@ -21,13 +21,13 @@ from tests.test_duplicate_subscriptions import older_and_newer, pay_first_invoic
 from tests.test_plan_exactness import (
     DEC_1,
     changed_tier,
-    lock_waiters,
     meter,
     month_summary,
     record,
     recorded,
     subscribed,
 )
+from tests.test_record_usage_batch import lock_waiters
 from tests.webhook_support import NOV_20, StripeWorld, company_row
 
 JAN_1 = datetime(2027, 1, 1, tzinfo=UTC)
