@@ -21,18 +21,23 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
 
 from bench.loadgen import PartResult, Tally, Window, per_connection, split
-from meterline.billing.catalog import EventType
+from meterline.billing.catalog import EventType, Tier
 from meterline.billing.periods import month_of
 from meterline.db.usage import RECORD_EVENT_SQL
 
 EVENT_TYPE = EventType.GUEST_INVITATION  # the companies are enterprise: no cap
 QUANTITY = 3  # not 1, so a rollup counting requests instead of quantities shows
-SYNC_STATE = "local_only"  # what the server writes for a company without a Stripe customer
+SYNC_STATE = "local_only"  # what the server writes for a manual account (no subscription)
+# What the server decides from the company's plan history before the statement (enterprise,
+# version 1, unlimited; a history written once, so plan_seq 0): passed as it would pass it.
+PLAN_SEQ = 0
+PRICING = (Tier.ENTERPRISE.value, 1, None, Decimal("0.10"), None)
 # What the server stores for a key's payload (sha256 of the canonical event type, quantity and
 # metadata): computed once here, since its cost is the server's, not the database's.
 FINGERPRINT = hashlib.sha256(
@@ -95,10 +100,12 @@ class BaselineDriver:
                     SYNC_STATE,
                     FINGERPRINT,
                     None,
+                    PLAN_SEQ,
+                    *PRICING,
                     timeout=self.timeout_s,
                 )
-                if recorded is None:
-                    raise _Refused("cap reached")
+                if recorded is None or recorded["id"] is None:
+                    raise _Refused("cap reached, or the plan changed")
             except (_Refused, asyncpg.PostgresError, TimeoutError) as exc:
                 tally.error(f"{type(exc).__name__}: {exc}")
                 continue
