@@ -440,7 +440,9 @@ async def change_tier(
     if isinstance(current, NoSubscription):
         return current
     schedule = await _stripe(lifecycle.subscription_schedule(current.id))
-    if tier is company.tier:  # the current tier again: whatever was pending is withdrawn
+    # The tier in force now, by the plan history (between 00:00 on the 1st and the phase's
+    # event, the `tier` column still says the old one).
+    if tier is company.plans.at(now).tier:  # the same again: whatever was pending is withdrawn
         if schedule is not None:
             await _stripe(lifecycle.release_schedule(schedule))
             await _record(  # gone in Stripe already
@@ -530,7 +532,7 @@ async def resume_subscription(
         lambda: subscriptions.set_cancel_at_period_end(current.id, False),
         lambda: withdraw_scheduled(company.id, now=now, reasons=ENDS),
     )
-    return SubscriptionResumed(company.tier)
+    return SubscriptionResumed(company.plans.at(now).tier)
 
 
 def check_return_url(url: str, settings: Settings) -> str:
