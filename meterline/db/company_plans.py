@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -29,16 +30,23 @@ def history_from_json(value: str | list[Any] | None) -> PlanHistory:
     items = json.loads(value) if isinstance(value, str) else (value or [])
     return PlanHistory(
         tuple(
-            PlanPeriod(
-                effective_from=datetime.fromisoformat(item["from"]),
-                tier=Tier(item["tier"]),
-                version=item["version"],
-                billed=item["billed"],
-                subscription_id=item["subscription"],
-                reason=item["reason"],
-            )
+            _period({**item, "from": datetime.fromisoformat(item["from"])}, "from", "subscription")
             for item in items
         )
+    )
+
+
+def _period(
+    fields: Mapping[str, Any], start: str = "effective_from", sub: str = "subscription_id"
+) -> PlanPeriod:
+    """A period from a row, or from the history's JSON (its keys are shorter)."""
+    return PlanPeriod(
+        effective_from=fields[start],
+        tier=Tier(fields["tier"]),
+        version=fields["version"],
+        billed=fields["billed"],
+        subscription_id=fields[sub],
+        reason=fields["reason"],
     )
 
 
@@ -116,14 +124,7 @@ async def scheduled_versions(now: datetime) -> list[tuple[uuid.UUID, PlanPeriod]
     return [
         (
             row["company_id"],
-            PlanPeriod(
-                effective_from=row["effective_from"],
-                tier=Tier(row["tier"]),
-                version=row["version"],
-                billed=row["billed"],
-                subscription_id=row["subscription_id"],
-                reason=row["reason"],
-            ),
+            _period(dict(row)),
         )
         for row in rows
     ]
