@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import pytest
 
 from meterline.billing.catalog import EventType, Tier
 from meterline.billing.periods import month_of
@@ -439,3 +440,29 @@ async def test_case11_units_that_missed_the_invoice_are_shown_in_the_months_summ
     world.clock.set(DEC_1 + timedelta(minutes=50))
     await world.sync(company_id)
     assert await unbilled(DEC_1 + timedelta(hours=2)) == 0
+
+
+async def test_a_recording_that_keeps_meeting_plan_changes_is_database_busy_and_writes_nothing(
+    world: StripeWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each attempt finds the plan changed (webhooks committing one after another): after a
+    bounded number of attempts the caller hears DATABASE_BUSY (retryable), never INTERNAL."""
+    from meterline.db import usage as usage_db
+    from meterline.services.errors import DatabaseBusy
+
+    company_id, _, _ = await subscribed(world, Tier.STARTER)
+    attempts = 0
+
+    async def plan_always_changed(*args: Any, **kwargs: Any) -> None:
+        nonlocal attempts
+        attempts += 1
+        raise usage_db.PlanChanged(str(company_id))
+
+    monkeypatch.setattr(usage_db, "record_event", plan_always_changed)
+    with pytest.raises(DatabaseBusy):
+        await record(company_id, EventType.SMS_SENT, 1, NOV_20)
+    assert attempts == usage.MAX_PLAN_RETRIES
+    count = await sql.fetchrow(
+        "SELECT count(*) AS n FROM usage_events WHERE company_id = $1", company_id
+    )
+    assert count is not None and count["n"] == 0

@@ -36,7 +36,7 @@ from meterline.db import companies, sql, tiers, usage
 from meterline.db.companies import Company
 from meterline.db.engine import DB
 from meterline.db.usage import NewEvent, PlanChanged, Pricing, StoredEvent
-from meterline.services.errors import BadUserInput, IdempotencyKeyReused
+from meterline.services.errors import BadUserInput, DatabaseBusy, IdempotencyKeyReused
 
 MAX_METADATA_BYTES = 4096
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
@@ -349,7 +349,11 @@ async def record_usage(
                 )
             event, total = written
             return Recorded(event, _statement(event.event_type, total), duplicate=False)
-    raise PlanChanged(f"company {company_id}: the plan kept changing during the recording")
+    # Nothing was written: the same request (same key) records it once the changes settle.
+    raise DatabaseBusy(
+        "The company's plan kept changing while this was recorded (Stripe events arriving); "
+        "nothing was recorded: send the same request again."
+    )
 
 
 async def _replay(
@@ -542,7 +546,10 @@ async def record_usage_batch(
             )
             return await _refused(company, plan, refused.month, refused.event_type, refused.total)
         return _batch_answer(checked, replayed, written)
-    raise PlanChanged(f"company {company_id}: the batch kept meeting concurrent changes")
+    raise DatabaseBusy(
+        "The company's plan or these idempotency keys kept changing while the batch was "
+        "recorded; nothing was recorded: send the same request again."
+    )
 
 
 def _group_pricing(
