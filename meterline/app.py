@@ -1,4 +1,4 @@
-"""create_app(settings) -> Litestar: GraphQL, health, readiness and metrics."""
+"""create_app(settings) -> Litestar: GraphQL, the usage portal, health, readiness and metrics."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from litestar import Litestar, Request, Response, get
 from litestar.background_tasks import BackgroundTasks
 from litestar.connection import ASGIConnection
-from litestar.datastructures import State
+from litestar.datastructures import CacheControlHeader, State
 from litestar.di import Provide
 from litestar.enums import ScopeType
 from litestar.exceptions import (
@@ -42,9 +42,11 @@ from meterline.jobs import telemetry
 from meterline.jobs.cron import prune_route, sync_route
 from meterline.log import request_id_var
 from meterline.metrics import DATABASE_BUSY
+from meterline.portal.routes import portal_routes
 from meterline.schema import build_schema
 from meterline.schema.context import Context
 from meterline.schema.errors import BUSY_MESSAGE
+from meterline.services import portal
 from meterline.services.errors import DatabaseBusy
 from meterline.stripe_gateway.client import SharedClient
 from meterline.webhooks.routes import webhook_routes
@@ -125,6 +127,8 @@ def create_app(
             raise ServiceUnavailableException(detail=str(exc)) from exc
         except AuthenticationError as exc:
             raise unauthorized(str(exc)) from exc
+        if principal.kind == "portal" and not await portal.link_is_current(principal):
+            raise unauthorized("portal link revoked")
         return Context(
             principal=principal,
             settings=settings,
@@ -143,6 +147,8 @@ def create_app(
     )
 
     class GraphQLController(strawberry_controller):  # type: ignore[valid-type,misc]
+        # Answers are one company's data: never kept by a browser or a proxy.
+        cache_control = CacheControlHeader(no_store=True)
         # Strawberry provides the (empty) response object with sync_to_thread=True: a thread
         # hop on every request, about a tenth of a small request's CPU. Building it is cheap
         # and blocks nothing, so it is done on the event loop.
@@ -255,6 +261,7 @@ def create_app(
             MetricsController,
             sync_route(settings, clock),
             prune_route(settings, clock),
+            *portal_routes(settings),
             *webhook_routes(settings, stripe_client, clock),
         ],
         middleware=[request_id_middleware, prometheus.middleware],

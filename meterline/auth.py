@@ -6,12 +6,15 @@ Three kinds of token are accepted, each bound to exactly one key and one algorit
   networkless; preferred when both are set) or the keys served at ``CLERK_JWKS_URL``.
 * Service tokens: HS256 signed with ``SERVICE_JWT_SECRET``; ``metadata.role`` is ``service``.
 * Development user tokens: HS256 signed with ``JWT_SECRET``; refused in production.
+* Portal tokens (the usage portal's links): HS256 signed with ``PORTAL_TOKEN_SECRET``, audience
+  ``meterline:portal``, role ``portal``, and the company's link generation (``gen``) at minting;
+  whether that generation is still current (links not revoked) is checked by the caller.
 
 The algorithm a token names in its header only selects which of our keys may check it; it is
 never trusted on its own: every ``jwt.decode`` call passes one fixed algorithm. An HS256 token
-is routed by its claimed role: ``service`` is checked with the service secret only, any other
-role with the development secret only, so the two kinds never turn into each other even when
-both secrets are equal. No database access happens here.
+is routed by its claimed role: ``service`` is checked with the service secret only, ``portal``
+with the portal secret only, any other role with the development secret only, so the kinds never
+turn into each other even when secrets are equal. No database access happens here.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
 
 import jwt
@@ -39,12 +42,17 @@ __all__ = [
     "TokenVerifier",
     "bearer_token",
     "mint_development_token",
+    "mint_portal_token",
     "mint_service_token",
 ]
 
 logger = logging.getLogger(__name__)
 
 SERVICE_ROLE: Final = "service"
+PORTAL_ROLE: Final = "portal"
+PORTAL_AUDIENCE: Final = "meterline:portal"
+# Roles only Meterline's own kinds of token carry: never a user's (Clerk's or development).
+_RESERVED_ROLES: Final = (SERVICE_ROLE, PORTAL_ROLE)
 JWKS_LIFESPAN_SECONDS: Final = 300
 JWKS_TIMEOUT_SECONDS: Final = 10
 JWKS_MIN_REFRESH_SECONDS: Final = 30
@@ -62,12 +70,14 @@ VERIFIED_TOKENS_KEPT: Final = 4_096
 class Principal:
     user_id: str  # `sub`
     company_id: uuid.UUID | None  # metadata.company_id; None when absent
-    role: str | None  # metadata.role ("service" for service tokens)
-    kind: Literal["user", "service"]
+    role: str | None  # metadata.role ("service" for service tokens, "portal" for portal links)
+    kind: Literal["user", "service", "portal"]
     # When the token may be used, in epoch seconds (from nbf/iat and exp), leeway aside; not
     # part of who the principal is.
     valid_from: float = field(default=float("-inf"), compare=False)
     valid_until: float = field(default=float("inf"), compare=False)
+    # A portal token's link generation: valid while it is the company's current one.
+    link_generation: int | None = None
 
 
 class AuthenticationError(Exception):
@@ -142,7 +152,7 @@ def _role(claims: Mapping[str, Any]) -> str | None:
     return role
 
 
-def _principal(claims: Mapping[str, Any], kind: Literal["user", "service"]) -> Principal:
+def _principal(claims: Mapping[str, Any], kind: Literal["user", "service", "portal"]) -> Principal:
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
         raise AuthenticationError("missing claim: sub")
@@ -238,8 +248,11 @@ class TokenVerifier:
         if alg == "RS256":
             return await self._verify_clerk(token, header)
         if alg == "HS256":
-            if _role(claims) == SERVICE_ROLE:
+            role = _role(claims)
+            if role == SERVICE_ROLE:
                 return self._verify_service(token)
+            if role == PORTAL_ROLE:
+                return self._verify_portal(token)
             return self._verify_development(token)
         raise AuthenticationError("unsupported token algorithm")
 
@@ -265,8 +278,8 @@ class TokenVerifier:
         if claims.get("sts") == "pending":
             raise AuthenticationError("session pending")
         principal = _principal(claims, "user")
-        if principal.role == SERVICE_ROLE:
-            raise AuthenticationError("user tokens may not claim the service role")
+        if principal.role in _RESERVED_ROLES:
+            raise AuthenticationError(f"user tokens may not claim the {principal.role} role")
         return principal
 
     async def _jwks_key(self, kid: object) -> RSAPublicKey:
@@ -317,14 +330,20 @@ class TokenVerifier:
 
     # -- HS256: service and development tokens ------------------------------------------
 
-    def _verify_hs256(self, token: str, secret: str) -> dict[str, Any]:
+    def _verify_hs256(
+        self, token: str, secret: str, *, audience: str | None = None
+    ) -> dict[str, Any]:
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
                 secret,
                 algorithms=["HS256"],
                 leeway=self._leeway,
-                options={"require": [*_REQUIRED_CLAIMS], "verify_aud": False},
+                audience=audience,
+                options={
+                    "require": [*_REQUIRED_CLAIMS, *(["aud"] if audience else [])],
+                    "verify_aud": audience is not None,
+                },
             )
         except jwt.PyJWTError as exc:
             raise AuthenticationError(_reason(exc)) from exc
@@ -346,28 +365,50 @@ class TokenVerifier:
         if not s.jwt_secret:
             raise AuthenticationError("development tokens are not accepted")
         principal = _principal(self._verify_hs256(token, s.jwt_secret), "user")
-        if principal.role == SERVICE_ROLE:
-            raise AuthenticationError("development tokens may not claim the service role")
+        if principal.role in _RESERVED_ROLES:
+            raise AuthenticationError(f"development tokens may not claim the {principal.role} role")
         return principal
+
+    def _verify_portal(self, token: str) -> Principal:
+        secret = self._settings.portal_token_secret
+        if not secret:
+            raise AuthenticationError("portal links are not accepted")
+        claims = self._verify_hs256(token, secret, audience=PORTAL_AUDIENCE)
+        generation = claims.get("gen")
+        if type(generation) is not int or generation < 0:
+            raise AuthenticationError("invalid portal link")
+        principal = _principal(claims, "portal")
+        if principal.role != PORTAL_ROLE or principal.company_id is None:
+            raise AuthenticationError("invalid portal link")
+        return replace(principal, link_generation=generation)
 
 
 # --------------------------------------------------------------------------------- minting
 
 
 def _mint(
-    secret: str, *, sub: str, company_id: uuid.UUID, role: str, ttl: datetime.timedelta
-) -> str:
+    secret: str,
+    *,
+    sub: str,
+    company_id: uuid.UUID,
+    role: str,
+    ttl: datetime.timedelta,
+    extra: Mapping[str, Any] | None = None,
+) -> tuple[str, datetime.datetime]:
+    """The token and when it expires: whole seconds (NumericDate), on the machine's clock."""
     if ttl <= datetime.timedelta(0):
         raise ValueError("ttl must be positive")
     now = datetime.datetime.now(datetime.UTC)
+    now = now.replace(microsecond=0)
     claims = {
         "sub": sub,
         "metadata": {"company_id": str(company_id), "role": role},
         "iat": now,
         "nbf": now,
         "exp": now + ttl,
+        **(extra or {}),
     }
-    return jwt.encode(claims, secret, algorithm="HS256")
+    return jwt.encode(claims, secret, algorithm="HS256"), now + ttl
 
 
 def mint_development_token(
@@ -383,11 +424,11 @@ def mint_development_token(
         raise ConfigError("development tokens cannot be minted in production")
     if not settings.jwt_secret:
         raise ConfigError("JWT_SECRET is not set")
-    if role == SERVICE_ROLE:
-        raise ValueError("use mint_service_token for the service role")
+    if role in _RESERVED_ROLES:
+        raise ValueError(f"development tokens may not carry the {role} role")
     if not user_id:
         raise ValueError("user_id must not be empty")
-    return _mint(settings.jwt_secret, sub=user_id, company_id=company_id, role=role, ttl=ttl)
+    return _mint(settings.jwt_secret, sub=user_id, company_id=company_id, role=role, ttl=ttl)[0]
 
 
 def mint_service_token(
@@ -408,4 +449,26 @@ def mint_service_token(
         company_id=company_id,
         role=SERVICE_ROLE,
         ttl=ttl,
+    )[0]
+
+
+def mint_portal_token(
+    settings: Settings,
+    *,
+    company_id: uuid.UUID,
+    generation: int,
+    ttl: datetime.timedelta,
+) -> tuple[str, datetime.datetime]:
+    """A portal link's token (read-only role `portal`) and when it expires.
+
+    Minted on the machine's clock, like every token: PyJWT checks `exp` against it."""
+    if not settings.portal_token_secret:
+        raise ConfigError("PORTAL_TOKEN_SECRET is not set")
+    return _mint(
+        settings.portal_token_secret,
+        sub=f"portal:{company_id}",
+        company_id=company_id,
+        role=PORTAL_ROLE,
+        ttl=ttl,
+        extra={"aud": PORTAL_AUDIENCE, "gen": generation},
     )

@@ -62,7 +62,7 @@ def _clock_use(args: argparse.Namespace) -> str:
     machine's: the server, tokens), "read" (shows our state as of a moment), or "write" (it
     records the moment as now, or sets it beside Stripe's present: development only)."""
     command, action = args.command, getattr(args, "action", None)
-    if command in ("serve", "token", "migrate", "schema", "setup-stripe"):
+    if command in ("serve", "token", "portal-link", "migrate", "schema", "setup-stripe"):
         return "none"
     sync_acts = bool(getattr(args, "resolve", None) or getattr(args, "redrive", None))
     reads = {
@@ -111,8 +111,18 @@ def _dev_secret(settings: Settings, name: str) -> str:
     return path.read_text().strip()
 
 
+def listening_url(host: str, port: int) -> str:
+    """Where a browser on this machine reaches `serve` listening on host:port."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def with_dev_defaults(settings: Settings) -> Settings:
-    """In development, unset token secrets get local values; production never invents them."""
+    """In development, unset token secrets get local values and the portal's links point at
+    where `serve` listens; production never invents them."""
     if not settings.is_development:
         return settings
     return replace(
@@ -120,6 +130,9 @@ def with_dev_defaults(settings: Settings) -> Settings:
         jwt_secret=settings.jwt_secret or _dev_secret(settings, "jwt_secret"),
         service_jwt_secret=settings.service_jwt_secret
         or _dev_secret(settings, "service_jwt_secret"),
+        portal_token_secret=settings.portal_token_secret
+        or _dev_secret(settings, "portal_token_secret"),
+        public_base_url=settings.public_base_url or listening_url(settings.host, settings.port),
     )
 
 
@@ -157,15 +170,17 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     from meterline.app import create_app
     from meterline.auth import mint_development_token
-    from meterline.demo import DEMO_COMPANY_ID, seed_demo
+    from meterline.demo import DEMO_COMPANY_ID, DEMO_PORTAL_TTL_MINUTES, seed_demo
     from meterline.log import configure_logging
+    from meterline.services.portal import PortalLink, create_link
 
     configure_logging()
-    settings = with_dev_defaults(_settings())
+    settings = _settings()
     if args.host:
         settings = replace(settings, host=args.host)
     if args.port:
         settings = replace(settings, port=args.port)
+    settings = with_dev_defaults(settings)  # after --host/--port: PUBLIC_BASE_URL's default
     if settings.database_url is None:  # start the embedded server once, here, for the app too
         from meterline.db.embedded import start_embedded
 
@@ -176,20 +191,23 @@ def cmd_serve(args: argparse.Namespace) -> None:
         print("--demo is ignored in production: no demo data in a real database.")
     elif args.demo:
         now = datetime.now(UTC)
-        seeded = asyncio.run(
-            _with_database(
-                settings, lambda: seed_demo(now, late_grace_hours=settings.late_usage_grace_hours)
-            )
-        )
+
+        async def seed_and_link() -> tuple[bool, PortalLink]:
+            seeded = await seed_demo(now, late_grace_hours=settings.late_usage_grace_hours)
+            link = await create_link(settings, DEMO_COMPANY_ID, DEMO_PORTAL_TTL_MINUTES)
+            return seeded, link
+
+        seeded, link = asyncio.run(_with_database(settings, seed_and_link))
         print(f"Demo company {DEMO_COMPANY_ID} {'seeded' if seeded else 'already there'}.")
-        if settings.is_development:
-            token = mint_development_token(settings, company_id=DEMO_COMPANY_ID)
-            query = '{"query": "{ currentUsage { eventType used included remaining } }"}'
-            print(f"\nGraphiQL: {base}/graphql  (add the header Authorization: Bearer $TOKEN)")
-            print("Development token (company_admin of the demo company, valid 12 h):\n")
-            print(f"export TOKEN={token}\n")
-            print(f'curl -s {base}/graphql -H "Authorization: Bearer $TOKEN" \\')
-            print(f"  -H 'Content-Type: application/json' -d '{query}'\n")
+        token = mint_development_token(settings, company_id=DEMO_COMPANY_ID)
+        query = '{"query": "{ currentUsage { eventType used included remaining } }"}'
+        print(f"\nGraphiQL: {base}/graphql  (add the header Authorization: Bearer $TOKEN)")
+        print("Development token (company_admin of the demo company, valid 12 h):\n")
+        print(f"export TOKEN={token}\n")
+        print(f'curl -s {base}/graphql -H "Authorization: Bearer $TOKEN" \\')
+        print(f"  -H 'Content-Type: application/json' -d '{query}'\n")
+        print("Usage portal of the demo company (open it in a browser; valid 12 h):\n")
+        print(f"{link.url}\n")
     workers: int = args.workers
     if workers > 1:
         _hand_settings_to_workers(settings)
@@ -248,6 +266,8 @@ def _hand_settings_to_workers(settings: Settings) -> None:
         "DATABASE_URL": settings.database_url,  # the embedded server's, when it was unset
         "JWT_SECRET": settings.jwt_secret,  # development defaults (with_dev_defaults)
         "SERVICE_JWT_SECRET": settings.service_jwt_secret,
+        "PORTAL_TOKEN_SECRET": settings.portal_token_secret,
+        "PUBLIC_BASE_URL": settings.public_base_url,
         "HOST": settings.host,  # --host, --port
         "PORT": str(settings.port),
     }
@@ -297,6 +317,22 @@ def cmd_token(args: argparse.Namespace) -> None:
     except (AuthenticationError, ValueError) as exc:
         raise SystemExit(f"meterline: {exc}") from exc
     print(token)
+
+
+def cmd_portal_link(args: argparse.Namespace) -> None:
+    from meterline.services.errors import MeterlineError
+    from meterline.services.portal import create_link
+
+    settings = with_dev_defaults(_settings())
+    company_id = _company_id(args.company)
+    try:
+        link = asyncio.run(
+            _with_database(settings, lambda: create_link(settings, company_id, args.ttl_minutes))
+        )
+    except MeterlineError as exc:
+        raise SystemExit(f"meterline: {exc.message}") from exc
+    print(link.url)
+    print(f"expires at {link.expires_at.isoformat()}", file=sys.stderr)
 
 
 def cmd_company(args: argparse.Namespace) -> None:
@@ -838,6 +874,15 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--user", default="dev_user")
     token.add_argument("--ttl-hours", type=int)
     token.set_defaults(func=cmd_token)
+
+    portal_link = commands.add_parser(
+        "portal-link", help="print a link to a company's usage portal (read-only)"
+    )
+    portal_link.add_argument("company", metavar="COMPANY_ID")
+    portal_link.add_argument(
+        "--ttl-minutes", type=int, default=60, metavar="N", help="valid N minutes (5..1440)"
+    )
+    portal_link.set_defaults(func=cmd_portal_link)
 
     company = commands.add_parser("company", help="inspect and administer companies")
     actions = company.add_subparsers(dest="action", required=True)

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
+from urllib.parse import urlsplit
 
 Environment = Literal["production", "development"]
 # Roles a user token may carry (or alias to). "service" belongs to service tokens only.
 USER_ROLES = ("super_admin", "company_admin", "staff")
+# Built-in roles no alias may be named after: they are given by Meterline's own tokens.
+RESERVED_ROLES = ("service", "portal")
+# A portal link's token is an HS256 key: short secrets can be guessed offline from one link.
+MIN_PORTAL_SECRET_LENGTH = 32
+# CSP frame-ancestors sources: 'none', 'self', a scheme (`https:`), or an origin whose host may
+# start with `*.` (https://*.example.com, https://app.example.com:8443).
+_FRAME_SOURCE = re.compile(
+    r"^('self'|https?:|(https?://)?(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*(:(\d{1,5}|\*))?)$"
+)
 # Stripe lists and re-sends events of the last 30 days: a stored event must outlive that.
 MIN_WEBHOOK_EVENT_RETENTION_DAYS = 30
 
@@ -34,6 +45,36 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def _public_base_url(value: str | None, env: str) -> str | None:
+    """PUBLIC_BASE_URL: where browsers reach this server (scheme, host, optional path prefix)."""
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"PUBLIC_BASE_URL must be an http(s) URL, got {value!r}")
+    if parts.query or parts.fragment or "@" in parts.netloc:
+        raise ConfigError("PUBLIC_BASE_URL must not carry a query, a fragment or credentials")
+    local = parts.hostname in ("localhost", "127.0.0.1", "::1")
+    if env == "production" and parts.scheme != "https" and not local:
+        raise ConfigError("PUBLIC_BASE_URL must be https in production: portal links carry a token")
+    return value.rstrip("/")
+
+
+def _frame_ancestors(value: str | None) -> str:
+    """PORTAL_FRAME_ANCESTORS: the CSP frame-ancestors sources of the portal page."""
+    if value is None:
+        return "'none'"
+    sources = value.split()
+    if sources == ["'none'"]:
+        return "'none'"
+    for source in sources:
+        if not _FRAME_SOURCE.match(source):
+            raise ConfigError(
+                f"PORTAL_FRAME_ANCESTORS: {source!r} is not 'none', 'self', a scheme or an origin"
+            )
+    return " ".join(sources)
 
 
 def _secrets(value: str | None) -> tuple[str, ...]:
@@ -82,10 +123,19 @@ class Settings:
     db_pool_max_size: int = 20
     statement_timeout_ms: int = 10_000
     embedded_data_dir: str = ".meterline/pgdata"
+    # The usage portal (docs/design.md, "The usage portal"): where browsers reach this server,
+    # the secret its links' tokens are signed with, and who may frame the page.
+    public_base_url: str | None = None
+    portal_token_secret: str | None = None
+    portal_frame_ancestors: str = "'none'"
 
     @property
     def is_development(self) -> bool:
         return self.env == "development"
+
+    @property
+    def portal_configured(self) -> bool:
+        return self.public_base_url is not None and self.portal_token_secret is not None
 
     @property
     def webhook_secrets(self) -> tuple[str, ...]:
@@ -112,6 +162,8 @@ class Settings:
             alias, sep, role = (p.strip() for p in pair.partition("="))
             if not sep or not alias or not role:
                 raise ConfigError(f"ROLE_ALIASES entries are alias=role, got {pair!r}")
+            if alias in RESERVED_ROLES:
+                raise ConfigError(f"ROLE_ALIASES may not rename the {alias!r} role")
             if role not in USER_ROLES:
                 raise ConfigError(
                     f"ROLE_ALIASES maps {alias!r} to {role!r}: not one of {USER_ROLES}"
@@ -126,6 +178,11 @@ class Settings:
         if grace_hours and margin >= grace_hours * 60:
             raise ConfigError(
                 "LATE_USAGE_MARGIN_MINUTES must be shorter than LATE_USAGE_GRACE_HOURS"
+            )
+        portal_secret = _opt(env, "PORTAL_TOKEN_SECRET")
+        if portal_secret is not None and len(portal_secret) < MIN_PORTAL_SECRET_LENGTH:
+            raise ConfigError(
+                f"PORTAL_TOKEN_SECRET must be at least {MIN_PORTAL_SECRET_LENGTH} characters"
             )
         return cls(
             env=raw_env,  # type: ignore[arg-type]
@@ -164,4 +221,7 @@ class Settings:
             db_pool_max_size=pool_max,
             statement_timeout_ms=_int(env, "DB_STATEMENT_TIMEOUT_MS", 10_000),
             embedded_data_dir=_opt(env, "METERLINE_DATA_DIR") or ".meterline/pgdata",
+            public_base_url=_public_base_url(_opt(env, "PUBLIC_BASE_URL"), raw_env),
+            portal_token_secret=portal_secret,
+            portal_frame_ancestors=_frame_ancestors(_opt(env, "PORTAL_FRAME_ANCESTORS")),
         )

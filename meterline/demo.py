@@ -12,6 +12,8 @@ from meterline.services import usage
 from meterline.services.plan_history import set_tier_by_operator
 
 DEMO_COMPANY_ID = uuid.uuid5(uuid.NAMESPACE_DNS, "demo.weddingflow.pro")
+# The portal link `make run` prints lives as long as the development token beside it.
+DEMO_PORTAL_TTL_MINUTES = 12 * 60
 
 # (event type, quantity): a starter-tier company a little over its SMS allowance.
 DEMO_USAGE: list[tuple[EventType, int]] = [

@@ -15,6 +15,7 @@ class Permission(StrEnum):
     RECORD_USAGE = "record_usage"
     READ_BILLING = "read_billing"
     MANAGE_SUBSCRIPTION = "manage_subscription"
+    MANAGE_PORTAL_LINKS = "manage_portal_links"
 
 
 ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
@@ -22,6 +23,8 @@ ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
     "super_admin": frozenset(Permission),
     "company_admin": frozenset(Permission),
     "staff": frozenset({Permission.READ_USAGE}),
+    # The usage portal's links: what a company admin reads, nothing it changes.
+    "portal": frozenset({Permission.READ_USAGE, Permission.READ_BILLING}),
 }
 
 

@@ -34,6 +34,8 @@ _SETTING_PREFIXES = (
     "WEBHOOK_EVENT",
     "HOST",
     "PORT",
+    "PUBLIC_BASE_URL",
+    "PORTAL_",
 )
 # What moves the clock of a whole process tree (tools/test-at, libfaketime): kept for children.
 CLOCK_VARIABLES = ("LD_PRELOAD", "CLOCKSHIFT_SECONDS")

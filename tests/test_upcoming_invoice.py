@@ -245,6 +245,7 @@ async def test_stripe_down_is_an_error_on_that_field_only(
     error = only_error(body)
     assert error["path"] == ["upcomingInvoice"]
     assert error["extensions"]["code"] == "STRIPE_UNAVAILABLE"
+    assert "reason" not in error["extensions"]
     assert error["message"] == billing.UNREACHABLE
     assert previews(double) == 1  # no retries of our own within a request
 
@@ -276,6 +277,8 @@ async def test_stripe_not_configured_says_so(api: Api) -> None:
     assert len(body["data"]["currentUsage"]) == 5
     error = only_error(body)
     assert error["extensions"]["code"] == "STRIPE_UNAVAILABLE"
+    # A client (the usage portal) tells "not connected" from "not answering" by the reason.
+    assert error["extensions"]["reason"] == "STRIPE_NOT_CONFIGURED"
     assert "STRIPE_SECRET_KEY" in error["message"]
 
 

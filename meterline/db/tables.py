@@ -290,3 +290,15 @@ class CheckoutSessionRow(Table, tablename="checkout_sessions", db=DB):
 
 
 ALL_TABLES.append(CheckoutSessionRow)
+
+
+class PortalLinkGenerationRow(Table, tablename="portal_link_generations", db=DB):
+    """A company's current portal link generation (migration m0012); SQL in
+    db/portal_links.py. No row: generation 0."""
+
+    company_id = UUID(primary_key=True)
+    generation = BigInt()
+    revoked_at = Timestamptz()
+
+
+ALL_TABLES.append(PortalLinkGenerationRow)

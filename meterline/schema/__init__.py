@@ -16,7 +16,7 @@ from strawberry.extensions import (
 )
 from strawberry.types import ExecutionContext, ExecutionResult
 
-from meterline.resolvers import billing, lifecycle, usage
+from meterline.resolvers import billing, lifecycle, portal, usage
 from meterline.schema.errors import log_errors, with_codes
 from meterline.schema.lifecycle import (
     BillingPortalResult,
@@ -26,6 +26,7 @@ from meterline.schema.lifecycle import (
     StartCheckoutResult,
 )
 from meterline.schema.limits import OneRecordingFieldRule, max_depth_rule
+from meterline.schema.portal_link import PortalLink
 from meterline.schema.types import (
     Invoice,
     MeterUsage,
@@ -98,6 +99,15 @@ class Mutation:
     billing_portal_url: BillingPortalResult = strawberry.mutation(
         resolver=lifecycle.billing_portal_url,
         description="A Stripe customer portal session (payment methods, invoices).",
+    )
+    create_portal_link: PortalLink = strawberry.mutation(
+        resolver=portal.create_portal_link,
+        description="A link to the company's usage portal (read-only), valid ttlMinutes "
+        "(5..1440) or until revokePortalLinks.",
+    )
+    revoke_portal_links: bool = strawberry.mutation(
+        resolver=portal.revoke_portal_links,
+        description="Every portal link given to the company so far stops working at once.",
     )
 
 

@@ -41,7 +41,9 @@ class Context(BaseContext, kw_only=True):
         company_id = self.principal.company_id
         if company_id is None:
             raise Forbidden("This token names no company.")
-        if not allows(self.principal.role, permission, self.settings.role_aliases):
+        # A portal link's role is Meterline's own: never renamed by ROLE_ALIASES.
+        aliases = None if self.principal.kind == "portal" else self.settings.role_aliases
+        if not allows(self.principal.role, permission, aliases):
             raise Forbidden(f"Role {self.principal.role!r} may not do this.")
         return company_id
 

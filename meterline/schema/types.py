@@ -106,6 +106,13 @@ class SubscriptionStatus(StrEnum):
 class UsageLimits:
     tier: SubscriptionTier
     scheduled_tier: SubscriptionTier | None
+    scheduled_tier_effective_at: datetime | None = strawberry.field(
+        description="When `scheduledTier` takes effect (a 1st, 00:00 UTC); null without one."
+    )
+    hard_cap: bool = strawberry.field(
+        description="Usage beyond a meter's `included` is refused, not billed: the free tier, "
+        "and a subscription paused or ended."
+    )
     exceeded: bool
     billing_status: BillingStatus
     grace_ends_at: datetime | None
@@ -120,6 +127,8 @@ class UsageLimits:
         return cls(
             tier=limits.tier,
             scheduled_tier=limits.scheduled_tier,
+            scheduled_tier_effective_at=limits.scheduled_tier_effective_at,
+            hard_cap=limits.hard_cap,
             exceeded=limits.exceeded,
             billing_status=limits.billing_status,
             grace_ends_at=limits.grace_ends_at,

@@ -36,6 +36,8 @@ PREVIEW_TIME_LIMIT_SECONDS = 10.0
 MAX_CACHED_COMPANIES = 10_000
 
 NOT_CONFIGURED = "Stripe is not configured on this server (STRIPE_SECRET_KEY is unset)."
+# In the error's extensions, so a client tells "not connected" from "not answering".
+NOT_CONFIGURED_REASON: dict[str, object] = {"reason": "STRIPE_NOT_CONFIGURED"}
 UNREACHABLE = "Stripe could not be reached for the upcoming invoice; try again in a moment."
 REJECTED = "Stripe refused to preview the upcoming invoice"
 UNREADABLE = "Stripe's preview of the upcoming invoice could not be read."
@@ -122,7 +124,7 @@ async def upcoming_invoice(
     StripeUnavailable when Stripe is not configured or unreachable, StripeRequestRejected
     when it refuses."""
     if not settings.stripe_secret_key:
-        raise StripeUnavailable(NOT_CONFIGURED)
+        raise StripeUnavailable(NOT_CONFIGURED, extensions=dict(NOT_CONFIGURED_REASON))
     customer, subscription = company.stripe_customer_id, company.stripe_subscription_id
     if not customer or not subscription:
         return None
@@ -136,7 +138,7 @@ async def upcoming_invoice(
                 time_limit=PREVIEW_TIME_LIMIT_SECONDS,
             )
         except StripeNotConfigured as exc:  # pragma: no cover - checked above
-            raise StripeUnavailable(NOT_CONFIGURED) from exc
+            raise StripeUnavailable(NOT_CONFIGURED, extensions=dict(NOT_CONFIGURED_REASON)) from exc
         except PreviewFailed as exc:
             logger.warning(
                 "invoice preview failed for company %s (customer %s, subscription %s): %s",

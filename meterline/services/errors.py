@@ -62,3 +62,10 @@ class DatabaseBusy(MeterlineError):
     deadlock: nothing was written, and the same request may succeed in a moment."""
 
     code = "DATABASE_BUSY"
+
+
+class PortalNotConfigured(MeterlineError):
+    """The usage portal needs PUBLIC_BASE_URL and PORTAL_TOKEN_SECRET: an operator must set
+    them; retrying will not help."""
+
+    code = "PORTAL_NOT_CONFIGURED"

@@ -142,6 +142,8 @@ class MonthSummary:
 class Limits:
     tier: Tier
     scheduled_tier: Tier | None
+    scheduled_tier_effective_at: datetime | None
+    hard_cap: bool  # usage beyond the allowance is refused, not billed
     billing_status: BillingStatus
     grace_ends_at: datetime | None
     grace_period_days: int
@@ -656,24 +658,30 @@ async def tier_now(company: Company, now: datetime) -> Tier:
     return plan_of(company.plans.at(now), await tiers.cached_catalog(), now).tier
 
 
-async def scheduled_tier(company: Company, now: datetime) -> Tier | None:
+async def scheduled_change(company: Company, now: datetime) -> tuple[Tier, datetime] | None:
     """The tier of the next change in the company's plan history (a schedule's next phase, or
-    free when the subscription ends at its period's end), if one is pending."""
+    free when the subscription ends at its period's end), and when it takes effect, if one is
+    pending."""
     change = company.plans.next_change(now)
     if change is None:
         return None
     catalog = await tiers.cached_catalog()
     tier = plan_of(change, catalog, change.effective_from).tier
-    return tier if tier is not await tier_now(company, now) else None
+    if tier is await tier_now(company, now):
+        return None
+    return tier, change.effective_from
 
 
 async def usage_limits(company: Company, now: datetime) -> Limits:
     catalog = await tiers.cached_catalog()
     plan = plan_of(company.plans.at(now), catalog, now)
     summary = (await _month_summaries(company, [month_of(now)]))[0]
+    change = await scheduled_change(company, now)
     return Limits(
         tier=plan.tier,
-        scheduled_tier=await scheduled_tier(company, now),
+        scheduled_tier=change[0] if change else None,
+        scheduled_tier_effective_at=change[1] if change else None,
+        hard_cap=plan.hard_cap,
         billing_status=company.dunning.status(now),
         grace_ends_at=company.dunning.grace_ends_at,
         grace_period_days=plan.grace_days,
