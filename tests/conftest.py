@@ -25,7 +25,8 @@ from meterline.db import engine
 from meterline.db.migrate import migrate
 from tests.stripe_double import StripeDouble
 
-pytest_plugins = ["tests.webhook_support"]  # the webhook tests' fixtures
+# The webhook tests' fixtures, and the page tests' (one browser for the whole run).
+pytest_plugins = ["tests.webhook_support", "tests.browser_support"]
 
 JWT_SECRET = "test-dev-secret-0123456789abcdef0123456789"
 SERVICE_SECRET = "test-service-secret-0123456789abcdef012345"
