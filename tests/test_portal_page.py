@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import re
 import socket
@@ -87,8 +88,10 @@ async def open_portal(
     view = await new_page(site.url, width=width, height=900, locale="en-GB")
     await view.goto(f"/portal#token={token}")
     await view.page.wait_for_selector("[data-testid=meters]")
-    # The events come after the first render (hidden while there are none).
-    await view.page.wait_for_selector("[data-testid=events]", state="attached")
+    # The events come after the first render: the page marks when they are shown.
+    await view.page.wait_for_function(
+        "() => performance.getEntriesByName('meterline:events').length > 0"
+    )
     return view
 
 
@@ -474,6 +477,123 @@ async def test_from_the_page_a_portal_token_changes_nothing_and_sees_one_company
     assert refusals == ["FORBIDDEN"] * len(documents)
     assert '"used":77' not in usage and '"used":0' in usage
     assert await attr(view, "[data-testid=meter-EMAIL_SENT]", "data-used") == "0"
+
+
+async def test_the_first_render_is_one_request_and_the_events_come_after(
+    site: Site, new_page: NewPage
+) -> None:
+    api = site.api.new_company()
+    await record(api, "EMAIL_SENT", 4)
+    view = await new_page(site.url, locale="en-GB")
+    documents: list[str] = []
+    view.page.on(
+        "request",
+        lambda r: documents.append(r.post_data or "") if r.url.endswith("/graphql") else None,
+    )
+    await view.goto(f"/portal#token={await new_link(api)}")
+    await view.page.wait_for_selector("[data-testid=event-row]")
+    assert len(documents) == 2, documents
+    first, second = documents
+    for field in ("usageLimits", "monthlySummary", "usageHistory", "upcomingInvoice"):
+        assert field in first
+    assert "paymentHistory" in first and "usageEvents" not in first
+    assert "usageEvents" in second and "usageLimits" not in second
+    await view.assert_clean()
+
+
+@pytest.mark.parametrize("failure", ["http_500", "graphql_error"])
+async def test_a_failure_shows_the_request_id_and_nothing_internal(
+    site: Site, new_page: NewPage, failure: str
+) -> None:
+    """The page only says what failed and the request id to quote; it shows no data, no
+    stack, and not the server's message."""
+    api = site.api.new_company()
+    view = await new_page(site.url, locale="en-GB")
+    secret = "Traceback (most recent call last): asyncpg.exceptions.InternalError"
+
+    async def fail(route: Any) -> None:
+        if failure == "http_500":
+            body, status = '{"status_code": 500, "detail": "Internal server error"}', 500
+        else:
+            error = {
+                "message": secret,
+                "path": ["usageLimits"],
+                "extensions": {"code": "INTERNAL_SERVER_ERROR", "requestId": "req-7f3a"},
+            }
+            body, status = json.dumps({"data": None, "errors": [error]}), 200
+        await route.fulfill(
+            status=status,
+            body=body,
+            headers={"content-type": "application/json", "x-request-id": "req-7f3a"},
+        )
+
+    await view.page.route("**/graphql", fail)
+    await view.goto(f"/portal#token={await new_link(api)}")
+    message = view.page.locator("[data-testid=load-error]")
+    await message.wait_for()
+    text = await message.inner_text()
+    assert "req-7f3a" in text
+    assert secret not in await view.page.content() and "Traceback" not in text
+    assert await view.page.locator("[data-testid=meters]").count() == 0
+
+
+async def test_text_has_enough_contrast(site: Site, new_page: NewPage) -> None:
+    """WCAG AA: every piece of visible text against the background it sits on, at least 4.5:1
+    (3:1 for large text), in the states that colour text (over limit, past due)."""
+    api = site.api.new_company()
+    now = datetime.now(UTC)
+    await put_on_tier(api.company_id, Tier.STARTER, now=now, billed=True)
+    await record(api, "SMS_SENT", 1_500)
+    await companies.set_dunning(
+        api.company_id, Dunning(now - timedelta(days=1), now + timedelta(days=3), False)
+    )
+    view = await open_portal(new_page, site, api)
+    await view.page.wait_for_selector("[data-testid=event-row]")
+    failures = await view.page.evaluate(CONTRAST)
+    assert not failures, failures
+    # The check sees text: grey on white is caught.
+    await view.page.evaluate(
+        """() => { const p = document.createElement('p'); p.textContent = 'faint';
+                   p.classList.add('notice'); document.querySelector('main').append(p);
+                   p.style.color = '#b0b0b0'; p.style.background = '#ffffff'; }"""
+    )
+    assert await view.page.evaluate(CONTRAST) == ["faint: 2.17"]
+
+
+CONTRAST = """() => {
+  const rgba = (text) => (text.match(/[\\d.]+/g) || []).map(Number);
+  const luminance = ([r, g, b]) => {
+    const c = [r, g, b].map((v) => {
+      v /= 255;
+      return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+    });
+    return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2];
+  };
+  const background = (el) => {
+    for (let node = el; node; node = node.parentElement) {
+      const [r, g, b, a = 1] = rgba(getComputedStyle(node).backgroundColor);
+      if (a > 0.5) return [r, g, b];
+    }
+    return [255, 255, 255];
+  };
+  const failures = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    const el = node.parentElement;
+    if (!node.textContent.trim() || !el.checkVisibility() || el.closest('.visually-hidden')) {
+      continue;
+    }
+    const style = getComputedStyle(el);
+    const [l1, l2] = [luminance(rgba(style.color)), luminance(background(el))];
+    const ratio = (Math.max(l1, l2) + 0.05) / (Math.min(l1, l2) + 0.05);
+    const size = parseFloat(style.fontSize);
+    const large = size >= 24 || (size >= 18.66 && Number(style.fontWeight) >= 700);
+    if (ratio < (large ? 3 : 4.5)) {
+      failures.push(`${node.textContent.trim().slice(0, 40)}: ${ratio.toFixed(2)}`);
+    }
+  }
+  return failures;
+}"""
 
 
 # ------------------------------------------------------------------------- the policy
