@@ -21,6 +21,7 @@ MIN_PORTAL_SECRET_LENGTH = 32
 _FRAME_SOURCE = re.compile(
     r"^('self'|https?:|(https?://)?(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*(:(\d{1,5}|\*))?)$"
 )
+_URL_PATH = re.compile(r"[A-Za-z0-9._~/-]*")
 # Stripe lists and re-sends events of the last 30 days: a stored event must outlive that.
 MIN_WEBHOOK_EVENT_RETENTION_DAYS = 30
 
@@ -52,10 +53,20 @@ def _public_base_url(value: str | None, env: str) -> str | None:
     if value is None:
         return None
     parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"PUBLIC_BASE_URL must be an http(s) URL, got {value!r}")
-    if parts.query or parts.fragment or "@" in parts.netloc:
+    try:
+        parts.port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError:
+        raise ConfigError(f"PUBLIC_BASE_URL has an invalid port: {value!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"PUBLIC_BASE_URL must be an http(s) URL with a host, got {value!r}")
+    # Links append "/portal#token=..." to it, and the page names its assets under its path: a
+    # "?" or "#" would move the token elsewhere, other characters would need escaping.
+    if "?" in value or "#" in value or "@" in parts.netloc:
         raise ConfigError("PUBLIC_BASE_URL must not carry a query, a fragment or credentials")
+    if not _URL_PATH.fullmatch(parts.path):
+        raise ConfigError(
+            "PUBLIC_BASE_URL's path may hold only letters, digits, '-', '.', '_', '~' and '/'"
+        )
     local = parts.hostname in ("localhost", "127.0.0.1", "::1")
     if env == "production" and parts.scheme != "https" and not local:
         raise ConfigError("PUBLIC_BASE_URL must be https in production: portal links carry a token")
@@ -162,8 +173,9 @@ class Settings:
             alias, sep, role = (p.strip() for p in pair.partition("="))
             if not sep or not alias or not role:
                 raise ConfigError(f"ROLE_ALIASES entries are alias=role, got {pair!r}")
-            if alias in RESERVED_ROLES:
-                raise ConfigError(f"ROLE_ALIASES may not rename the {alias!r} role")
+            if alias in RESERVED_ROLES or alias in USER_ROLES:
+                # An alias named after a built-in role would re-grant it (staff=super_admin).
+                raise ConfigError(f"ROLE_ALIASES may not rename the built-in {alias!r} role")
             if role not in USER_ROLES:
                 raise ConfigError(
                     f"ROLE_ALIASES maps {alias!r} to {role!r}: not one of {USER_ROLES}"
@@ -180,10 +192,16 @@ class Settings:
                 "LATE_USAGE_MARGIN_MINUTES must be shorter than LATE_USAGE_GRACE_HOURS"
             )
         portal_secret = _opt(env, "PORTAL_TOKEN_SECRET")
-        if portal_secret is not None and len(portal_secret) < MIN_PORTAL_SECRET_LENGTH:
-            raise ConfigError(
-                f"PORTAL_TOKEN_SECRET must be at least {MIN_PORTAL_SECRET_LENGTH} characters"
-            )
+        if portal_secret is not None:
+            if len(portal_secret) < MIN_PORTAL_SECRET_LENGTH:
+                raise ConfigError(
+                    f"PORTAL_TOKEN_SECRET must be at least {MIN_PORTAL_SECRET_LENGTH} characters"
+                )
+            # Whoever holds the other secret could mint portal links, and read billing.
+            if portal_secret in (_opt(env, "SERVICE_JWT_SECRET"), _opt(env, "JWT_SECRET")):
+                raise ConfigError(
+                    "PORTAL_TOKEN_SECRET must differ from SERVICE_JWT_SECRET and JWT_SECRET"
+                )
         return cls(
             env=raw_env,  # type: ignore[arg-type]
             database_url=_opt(env, "DATABASE_URL"),

@@ -9,6 +9,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import urlsplit
@@ -571,6 +572,7 @@ def cli_env(database_url: str, **extra: str) -> dict[str, str]:
 
 
 async def test_cli_prints_a_link_that_works(portal_api: Api, database_url: str) -> None:
+    await put_on_tier(portal_api.company_id, Tier.STARTER, now=portal_api.clock())
     company = str(portal_api.company_id)
     result = await asyncio.to_thread(
         meterline, "portal-link", company, "--ttl-minutes", "30", env=cli_env(database_url)
@@ -593,6 +595,7 @@ async def test_cli_prints_a_link_that_works(portal_api: Api, database_url: str) 
         (["--ttl-minutes", "2000"], {}, "ttlMinutes must be between 5 and 1440"),
         ([], {"PORTAL_TOKEN_SECRET": ""}, "The usage portal is not configured"),
         ([], {"PUBLIC_BASE_URL": ""}, "The usage portal is not configured"),
+        ([], {}, "No company"),  # a company Meterline does not know: a typo mints nothing
     ],
 )
 async def test_cli_refusals(
@@ -604,6 +607,190 @@ async def test_cli_refusals(
     assert result.returncode == 1
     assert message in result.stderr
     assert result.stdout == ""
+
+
+# ------------------------------------------------------- found in review (each failed first)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://usage.weddingflow.test#",  # link: https://usage...test#/portal#token=...
+        "https://usage.weddingflow.test?",  # link: https://usage...test?/portal#token=...
+        'https://usage.weddingflow.test/m"><meta http-equiv="refresh" content="0;url=https://evil.test/">',
+        "https://usage.weddingflow.test/a b",
+        "https://usage.weddingflow.test:notaport",
+        "https://:443",
+    ],
+)
+def test_public_base_url_refuses_values_that_break_the_link_or_the_page(value: str) -> None:
+    """PUBLIC_BASE_URL is pasted into every link and, unescaped, into the page's HTML
+    (`__BASE__`). An empty query/fragment marker makes the link open the host's ROOT page with
+    the token in its fragment (`https://host#/portal#token=...`); quotes/angle brackets inject
+    markup into /portal (a <meta http-equiv=refresh> is not stopped by the CSP)."""
+    with pytest.raises(ConfigError):
+        Settings.from_env({"PUBLIC_BASE_URL": value, "METERLINE_ENV": "production"})
+
+
+def test_role_aliases_may_not_shadow_a_built_in_user_role() -> None:
+    """Pre-existing, but the new RESERVED_ROLES rule stops one step short: an alias named after
+    a built-in role silently re-grants it (every `staff` becomes `super_admin`). The docs say
+    ROLE_ALIASES maps *other* role names onto the user roles."""
+    with pytest.raises(ConfigError):
+        Settings.from_env({"ROLE_ALIASES": "staff=super_admin"})
+
+
+# ------------------------------------------------------------------------ 2. the contract
+
+
+def test_create_portal_link_ttl_is_a_nullable_int_as_the_contract_says() -> None:
+    """Issue 13 and design.md: `createPortalLink(ttlMinutes: Int = 60)`; schema.graphql says
+    `Int! = 60` (the resolver's `ttl_minutes: int`)."""
+    mutation = build_schema(introspection=True)._schema.mutation_type
+    assert mutation is not None
+    arg = mutation.fields["createPortalLink"].args["ttlMinutes"]
+    assert not isinstance(arg.type, GraphQLNonNull), str(arg.type)
+
+
+async def test_explicit_null_ttl_is_not_a_validation_failure(portal_api: Api) -> None:
+    body = await portal_api.gql("mutation { createPortalLink(ttlMinutes: null) { url } }")
+    codes = [e["extensions"]["code"] for e in body.get("errors", [])]
+    assert "GRAPHQL_VALIDATION_FAILED" not in codes, body
+
+
+# ------------------------------------------------------------------- 3. expiry is exact
+
+
+async def test_a_portal_link_stops_at_its_expires_at(portal_api: Api) -> None:
+    """JWT_LEEWAY_SECONDS (for Clerk's clock skew) also stretches portal links, which Meterline
+    mints and checks on its own clock: a link answers data after `expiresAt`. (Default 5 s; an
+    operator raising it for Clerk extends every portal link by as much.)"""
+    now = datetime.now(UTC)
+    token = jwt.encode(
+        portal_claims(
+            portal_api.company_id,
+            iat=now - timedelta(minutes=10),
+            nbf=now - timedelta(minutes=10),
+            exp=now - timedelta(seconds=2),
+        ),
+        PORTAL_SECRET,
+        "HS256",
+    )
+    response = await portal_api.post("{ usageLimits { tier } }", token=token)
+    assert response.status_code == 401, response.text
+
+
+# ---------------------------------------- 4. one document, one moment (the page's banner)
+
+
+class SteppingClock(Clock):
+    """`before` for the first `calls` reads, `after` from then on: a request that straddles
+    00:00 UTC on the 1st."""
+
+    def __init__(self, before: datetime, after: datetime, calls: int) -> None:
+        super().__init__(fixed=None)
+        self.before, self.after, self.left = before, after, calls
+
+    def __call__(self) -> datetime:
+        self.left -= 1
+        return self.before if self.left >= 0 else self.after
+
+
+async def test_limits_and_summary_of_one_request_describe_the_same_month(
+    database_url: str,
+) -> None:
+    """Context.now() reads the clock anew at each call, so the fields of the page's single
+    first-render document (usageLimits, monthlySummary, usageHistory) may price different
+    months; the page's overage banner then shows monthlySummary.totalOverageCost beside the
+    cards of usageLimits."""
+    before = datetime(2026, 11, 30, 23, 59, 59, 999_000, tzinfo=UTC)
+    after = datetime(2026, 12, 1, 0, 0, 0, 1_000, tzinfo=UTC)
+    setup_clock = Clock(fixed=before)
+    settings = portal_settings(database_url)
+    app = create_app(settings, clock=setup_clock, manage_database=False)
+    company = uuid.uuid4()
+    async with client_for(app) as client:
+        api = Api(client=client, clock=setup_clock, settings=settings, company_id=company)
+        await put_on_tier(company, Tier.STARTER, now=before)
+        await api.data(
+            "mutation { recordUsage(input: {eventType: SMS_SENT, quantity: 1207}) { __typename } }"
+        )
+    mismatches = 0
+    for calls in range(1, 6):
+        clock = SteppingClock(before, after, calls)
+        app = create_app(settings, clock=clock, manage_database=False)
+        async with client_for(app) as client:
+            api = Api(client=client, clock=setup_clock, settings=settings, company_id=company)
+            data = await api.data(
+                "{ usageLimits { meters { overageCost { amount } } } "
+                "monthlySummary { month totalOverageCost { amount } } }"
+            )
+        cards = sum(Decimal(m["overageCost"]["amount"]) for m in data["usageLimits"]["meters"])
+        total = Decimal(data["monthlySummary"]["totalOverageCost"]["amount"])
+        mismatches += cards != total
+    assert mismatches == 0
+
+
+# ------------------------------------------------------- 5. secrets shared between kinds
+
+SHARED = "shared-secret-0123456789abcdef0123456789abcdef"
+
+
+def test_the_portal_secret_may_not_be_the_service_secret() -> None:
+    """Routing by role keeps an issued token from changing kind, but a shared secret lets every
+    holder of SERVICE_JWT_SECRET (WeddingFlow's backend, or whoever stole it) mint a portal
+    token, and `portal` has read_billing, which `service` does not (payment history, upcoming
+    invoice). See test_a_service_secret_holder_reads_billing_through_a_portal_token."""
+    with pytest.raises(ConfigError):
+        Settings.from_env({"SERVICE_JWT_SECRET": SHARED, "PORTAL_TOKEN_SECRET": SHARED})
+
+
+async def test_a_service_secret_holder_reads_billing_through_a_portal_token(
+    database_url: str, clock: Clock
+) -> None:
+    settings = portal_settings(database_url, service_jwt_secret=SHARED, portal_token_secret=SHARED)
+    app = create_app(settings, clock=clock, manage_database=False)
+    company = uuid.uuid4()
+    async with client_for(app) as client:
+        api = Api(client=client, clock=clock, settings=settings, company_id=company)
+        service = jwt.encode(
+            {
+                **portal_claims(company, aud=None, gen=None),
+                "sub": "service:backend",
+                "metadata": {"company_id": str(company), "role": "service"},
+            },
+            SHARED,
+            "HS256",
+        )
+        body = await api.gql("{ paymentHistory { id } }", token=service)
+        assert body["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+        forged = jwt.encode(portal_claims(company), SHARED, "HS256")  # by the service holder
+        body = await api.gql("{ paymentHistory { id } }", token=forged)
+        assert "errors" in body, "a service-secret holder read billing via a portal token"
+
+
+# ------------------------------------------------ 6. a read-only link writes a company
+
+
+async def test_a_portal_link_for_an_unknown_company_creates_nothing(
+    portal_api: Api,
+) -> None:
+    """An operator's typo mints no link; a link whose company does not exist (signed by hand
+    here) reads nothing and creates nothing: the role is read-only."""
+    from meterline.services.errors import BadUserInput
+    from meterline.services.portal import create_link
+
+    ghost = uuid.uuid4()
+    with pytest.raises(BadUserInput, match="No company"):
+        await create_link(portal_api.settings, ghost, 30)
+    token = jwt.encode(portal_claims(ghost), PORTAL_SECRET, "HS256")
+    body = await portal_api.gql("{ usageLimits { tier } }", token=token)
+    assert codes(body) == ["FORBIDDEN"]
+    row = await sql.fetchrow("SELECT count(*) AS n FROM companies WHERE id = $1", ghost)
+    assert row is not None and row["n"] == 0
+    # An admin's request creates its company, as any of its requests would: its link works.
+    admin_made = await new_link(portal_api)
+    assert (await portal_api.post(READS, token=admin_made)).status_code == 200
 
 
 # -------------------------------------------------------------------------------- helpers

@@ -243,6 +243,22 @@ async def test_a_scheduled_change_is_named_with_its_date(site: Site, new_page: N
     assert f"Professional from 1 {next_first:%B %Y}" in text, text  # en-GB
 
 
+async def test_the_percent_shown_is_the_apis(site: Site, new_page: NewPage) -> None:
+    """995 of 1,000 SMS: the API says percentUsed 99.5; the card (and the progress bar's
+    aria-valuenow) say 99 (Math.floor). The page's figures must be the API's."""
+    api = site.api.new_company()
+    await put_on_tier(api.company_id, Tier.STARTER, now=api.clock(), billed=True)
+    await record(api, "SMS_SENT", 995)
+    limits = (await api.data("{ usageLimits { meters { eventType percentUsed } } }"))["usageLimits"]
+    sms = next(m for m in limits["meters"] if m["eventType"] == "SMS_SENT")
+    assert sms["percentUsed"] == 99.5
+    view = await open_portal(new_page, site, api, width=1280)
+    card = "[data-testid=meter-SMS_SENT]"
+    assert await view.page.get_attribute(card, "data-percent") == "99.5"
+    shown = await view.page.inner_text(f"{card} [data-testid=percent]")
+    assert shown.replace("\u202f", "").replace(" ", "") in ("99.5%", "99,5%"), shown
+
+
 # ----------------------------------------------------------------- history and bills
 
 

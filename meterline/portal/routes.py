@@ -11,6 +11,7 @@ script, and frames it only where `PORTAL_FRAME_ANCESTORS` allows.
 from __future__ import annotations
 
 import hashlib
+import html
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final
@@ -91,7 +92,8 @@ def load_static() -> tuple[bytes, dict[str, StaticFile]]:
 def render_page(template: bytes, *, base_path: str, version: str) -> bytes:
     """The page with where it is served (`__BASE__`, PUBLIC_BASE_URL's path) and its assets'
     version (`__VERSION__`) filled in."""
-    return template.replace(b"__BASE__", base_path.encode()).replace(
+    # The settings allow only URL-safe characters in the path; escaped all the same.
+    return template.replace(b"__BASE__", html.escape(base_path).encode()).replace(
         b"__VERSION__", version.encode()
     )
 

@@ -13,11 +13,12 @@ Info = strawberry.Info[Context, None]
 
 
 async def create_portal_link(
-    info: Info, ttl_minutes: int = portal.DEFAULT_TTL_MINUTES
+    info: Info, ttl_minutes: int | None = portal.DEFAULT_TTL_MINUTES
 ) -> PortalLink:
     ctx = info.context
     company_id = ctx.authorize(Permission.MANAGE_PORTAL_LINKS)
-    return await portal.create_link(ctx.settings, company_id, ttl_minutes)
+    ttl = portal.DEFAULT_TTL_MINUTES if ttl_minutes is None else ttl_minutes
+    return await portal.create_link(ctx.settings, company_id, ttl, create_company_at=ctx.now())
 
 
 async def revoke_portal_links(info: Info) -> bool:

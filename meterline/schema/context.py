@@ -30,9 +30,15 @@ class Context(BaseContext, kw_only=True):
     # Sibling fields resolve concurrently: they share one lookup of the company.
     company_task: asyncio.Task[Company] | None = None
     month_invoice_loader: DataLoader[date, InvoiceMirror | None] | None = None
+    moment: datetime | None = None  # the request's instant, once read
 
     def now(self) -> datetime:
-        return self.clock()
+        """The request's instant, read once: every field of one request describes one moment
+        (a document asking for usageLimits and monthlySummary across midnight on the 1st must
+        not price two months)."""
+        if self.moment is None:
+            self.moment = self.clock()
+        return self.moment
 
     def authorize(self, permission: Permission) -> uuid.UUID:
         """The caller's company, if its role grants `permission`; FORBIDDEN otherwise."""
@@ -71,5 +77,15 @@ class Context(BaseContext, kw_only=True):
     async def company(self, permission: Permission) -> Company:
         company_id = self.authorize(permission)
         if self.company_task is None:
-            self.company_task = asyncio.ensure_future(usage.company(company_id, self.now()))
+            self.company_task = asyncio.ensure_future(self._load_company(company_id))
         return await asyncio.shield(self.company_task)
+
+    async def _load_company(self, company_id: uuid.UUID) -> Company:
+        assert self.principal is not None
+        if self.principal.kind != "portal":
+            return await usage.company(company_id, self.now())
+        # A read-only link creates nothing: its company exists (createPortalLink made sure).
+        company = await usage.existing_company(company_id)
+        if company is None:
+            raise Forbidden("This link's company does not exist.")
+        return company

@@ -15,7 +15,7 @@ from typing import Final
 
 from meterline.auth import Principal, mint_portal_token
 from meterline.config import Settings
-from meterline.db import portal_links
+from meterline.db import companies, portal_links
 from meterline.services.errors import BadUserInput, PortalNotConfigured
 
 MIN_TTL_MINUTES: Final = 5
@@ -39,16 +39,28 @@ def _check_ttl(ttl_minutes: int) -> None:
 
 
 async def create_link(
-    settings: Settings, company_id: uuid.UUID, ttl_minutes: int = DEFAULT_TTL_MINUTES
+    settings: Settings,
+    company_id: uuid.UUID,
+    ttl_minutes: int = DEFAULT_TTL_MINUTES,
+    *,
+    create_company_at: datetime | None = None,
 ) -> PortalLink:
     """A new link to the company's portal, valid `ttl_minutes` (5..1440) from now on the
-    machine's clock (tokens are checked on it), until the company revokes its links."""
+    machine's clock (tokens are checked on it), until the company revokes its links.
+
+    The link's reads create nothing, so its company must exist: an admin's request creates it
+    as any of its requests would (`create_company_at`, the app's now); an operator naming a
+    company Meterline does not know gets BAD_USER_INPUT (a typo must not mint a link)."""
     _check_ttl(ttl_minutes)
     if settings.public_base_url is None or settings.portal_token_secret is None:
         raise PortalNotConfigured(
             "The usage portal is not configured: PUBLIC_BASE_URL and PORTAL_TOKEN_SECRET "
             "must be set."
         )
+    if create_company_at is not None:
+        await companies.get_or_create(company_id, now=create_company_at)
+    elif await companies.get(company_id) is None:
+        raise BadUserInput(f"No company {company_id} in Meterline.")
     token, expires_at = mint_portal_token(
         settings,
         company_id=company_id,

@@ -625,6 +625,11 @@ async def company(company_id: uuid.UUID, now: datetime) -> Company:
     return await companies.get_or_create(company_id, now=now)
 
 
+async def existing_company(company_id: uuid.UUID) -> Company | None:
+    """The company, if a request has named it before; None otherwise (nothing is created)."""
+    return await companies.get(company_id)
+
+
 def _statement(event_type: EventType, total: usage.Rollup) -> MeterStatement:
     return price_meter(event_type, total.used, total.allowance)
 

@@ -90,6 +90,9 @@
   /** A table's own entry (never an inherited property such as "constructor"). */
   const own = (map, key) => (Object.prototype.hasOwnProperty.call(map, key) ? map[key] : undefined);
   const count = (n) => (typeof n === "number" && Number.isFinite(n) ? COUNT.format(n) : "\u2014");
+  // percentUsed as the API gives it (up to two decimals): 99.5 stays 99.5.
+  const PERCENT = new Intl.NumberFormat(LOCALE, { maximumFractionDigits: 2 });
+  const percent = (p) => `${PERCENT.format(p)}%`;
   const plural = (n, one, many) => `${count(n)} ${n === 1 ? one : many}`;
   const eventName = (type) => own(EVENT_NAMES, type) || String(type);
   const tierName = (tier) =>
@@ -509,16 +512,15 @@
     const capped = atCap(limits, m);
     const over = Boolean(m.exceeded) || capped;
     const pct = typeof m.percentUsed === "number" ? m.percentUsed : null;
-    const shownPct = pct == null ? null : Math.floor(pct);
-    const tone = over ? "over" : shownPct != null && shownPct >= 80 ? "near" : "ok";
+    const tone = over ? "over" : pct != null && pct >= 80 ? "near" : "ok";
 
     const usedText = count(m.used);
     const includedText = unlimited ? "\u221e" : notIncluded ? "not included" : count(m.included);
     let valueText;
     if (unlimited) valueText = `${usedText} used, unlimited`;
     else if (notIncluded) valueText = `${usedText} used, not included in the plan`;
-    else if (shownPct == null) valueText = `${usedText} of ${includedText} used`;
-    else valueText = `${usedText} of ${includedText} used (${count(shownPct)}%)`;
+    else if (pct == null) valueText = `${usedText} of ${includedText} used`;
+    else valueText = `${usedText} of ${includedText} used (${percent(pct)})`;
 
     const fill = h("div", { class: "bar-fill" });
     fill.style.width = `${Math.max(0, Math.min(100, pct == null ? (unlimited ? 0 : m.used > 0 ? 100 : 0) : pct))}%`;
@@ -528,7 +530,8 @@
       "aria-label": `${name} usage`,
       "aria-valuemin": "0",
       "aria-valuemax": "100",
-      "aria-valuenow": pct == null ? null : String(Math.max(0, Math.min(100, shownPct))),
+      // ARIA keeps the value within min..max; the real figure is in aria-valuetext.
+      "aria-valuenow": pct == null ? null : String(Math.max(0, Math.min(100, pct))),
       "aria-valuetext": valueText,
     }, fill);
 
@@ -569,7 +572,7 @@
       h("div", { class: "meter-bar" },
         bar,
         h("span", { class: "percent", "data-testid": "percent", "aria-hidden": "true",
-          text: shownPct == null ? (unlimited ? "Unlimited" : "\u2014") : `${count(shownPct)}%` })),
+          text: pct == null ? (unlimited ? "Unlimited" : "\u2014") : percent(pct) })),
       h("dl", { class: "stats" },
         row("Remaining", "remaining", unlimited ? "Unlimited" : count(m.remaining)),
         row("Overage", "overage-units", plural(m.overageQuantity, "unit", "units"), m.overageQuantity > 0),
