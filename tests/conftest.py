@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -49,6 +50,26 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     uri = start_embedded(data_dir)
     yield uri
     stop_embedded(data_dir)
+
+
+async def _admin(server_url: str, statement: str) -> None:
+    admin = await asyncpg.connect(server_url, timeout=10)
+    try:
+        await admin.execute(statement)
+    finally:
+        await admin.close()
+
+
+@asynccontextmanager
+async def empty_database(server_url: str, prefix: str) -> AsyncIterator[str]:
+    """A new empty database `<prefix>_<hex>` on the run's server (for a process under test to
+    migrate and use); dropped at the end."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    await _admin(server_url, f'CREATE DATABASE "{name}"')
+    try:
+        yield _with_database(server_url, name)
+    finally:
+        await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import jwt
 import pytest
@@ -38,7 +37,7 @@ from meterline.db import companies
 from meterline.db.invoices import upsert
 from tests.browser_support import BrowserPage, NewPage, horizontal_overflow, serve_app
 from tests.commands import child_env
-from tests.conftest import Api, Clock, _with_database, client_for
+from tests.conftest import Api, Clock, client_for, empty_database
 from tests.plans import put_on_tier
 from tests.stripe_double import StripeDouble
 from tests.test_portal_api import (
@@ -683,20 +682,8 @@ def free_port() -> int:
 
 @pytest.fixture
 async def demo_database(server_url: str) -> AsyncIterator[str]:
-    name = f"meterline_portal_demo_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield _with_database(server_url, name)
-    finally:
-        admin = await asyncpg.connect(server_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+    async with empty_database(server_url, "meterline_portal_demo") as url:
+        yield url
 
 
 async def test_the_demo_link_printed_by_serve_opens_the_demo_page(

@@ -33,7 +33,7 @@ import pytest
 from meterline.auth import mint_service_token
 from meterline.config import Settings
 from tests.commands import CLOCK_VARIABLES
-from tests.conftest import _with_database, fixed_clocks
+from tests.conftest import empty_database, fixed_clocks
 
 READY_TIMEOUT_S = 30.0
 WAIT_TIMEOUT_S = 15.0
@@ -52,20 +52,8 @@ SERVER_CONNECTIONS = (
 @pytest.fixture(scope="module")
 async def serve_database(server_url: str) -> AsyncIterator[str]:
     """An empty database the servers under test migrate and use; dropped at the end."""
-    name = f"meterline_serve_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server_url, timeout=10)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield _with_database(server_url, name)
-    finally:
-        admin = await asyncpg.connect(server_url, timeout=10)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+    async with empty_database(server_url, "meterline_serve") as url:
+        yield url
 
 
 @pytest.fixture
