@@ -401,6 +401,16 @@ async def lock_waiters(connection: asyncpg.Connection, count: int) -> None:
         await asyncio.sleep(0.005)  # polling a real condition, not standing in for one
 
 
+async def backend_waits(connection: asyncpg.Connection, pid: int) -> None:
+    """Until the backend `pid` waits on a lock (or fail after 10 s): precise where counting
+    the database's waiters is not (another test's session may be waiting too)."""
+    deadline = asyncio.get_running_loop().time() + 10
+    query = "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1"
+    while await connection.fetchval(query, pid) != "Lock":
+        assert asyncio.get_running_loop().time() < deadline, f"backend {pid} never waited"
+        await asyncio.sleep(0.005)  # polling a real condition, not standing in for one
+
+
 async def test_keys_stored_by_others_while_a_batch_waits_never_fail_it(
     api: Api, database_url: str
 ) -> None:
@@ -413,10 +423,13 @@ async def test_keys_stored_by_others_while_a_batch_waits_never_fail_it(
     watcher = await asyncpg.connect(database_url)
     holders: list[asyncpg.Connection] = []
 
-    async def holding(key: str) -> asyncpg.Connection:
-        """A recordUsage of `key` whose transaction stays open (it holds the rollup row)."""
+    async def connected() -> asyncpg.Connection:
         connection = await asyncpg.connect(database_url)
         holders.append(connection)
+        return connection
+
+    async def holding(key: str, connection: asyncpg.Connection) -> asyncpg.Connection:
+        """A recordUsage of `key` whose transaction stays open (it holds the rollup row)."""
         await connection.execute("BEGIN")
         now = api.clock()
         company = await companies.get(api.company_id)
@@ -444,12 +457,15 @@ async def test_keys_stored_by_others_while_a_batch_waits_never_fail_it(
         return connection
 
     try:
-        holder = await holding(keys[0])
+        holder = await holding(keys[0], await connected())
         sent = asyncio.ensure_future(send(api, [invitation(k) for k in keys] + [invitation("new")]))
         await lock_waiters(watcher, 1)  # the batch queues on the rollup
         for key in keys[1:]:
-            next_holder = asyncio.ensure_future(holding(key))
-            await lock_waiters(watcher, 2)
+            connection = await connected()
+            next_holder = asyncio.ensure_future(holding(key, connection))
+            # The next holder has stored its key and queues on the rollup: whoever gets the row
+            # next, the batch cannot store that key any more.
+            await backend_waits(watcher, connection.get_server_pid())
             await holder.execute("COMMIT")  # the batch (or the next holder) gets the row
             holder = await next_holder
             await lock_waiters(watcher, 1)  # the batch queues again
