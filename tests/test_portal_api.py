@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -820,3 +821,27 @@ def invoice(company_id: uuid.UUID, now: datetime) -> InvoiceMirror:
         marked_uncollectible_at=None,
         read_seq=1,
     )
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("127.0.0.1", "http://127.0.0.1:8000"),
+        ("0.0.0.0", "http://127.0.0.1:8000"),  # listening everywhere: this machine's browser
+        ("::", "http://[::1]:8000"),
+        ("::1", "http://[::1]:8000"),
+        ("meterline.local", "http://meterline.local:8000"),
+    ],
+)
+def test_development_links_point_where_serve_listens(host: str, url: str, tmp_path: Path) -> None:
+    from meterline.cli import listening_url, with_dev_defaults
+
+    assert listening_url(host, 8000) == url
+    data_dir = str(tmp_path / "pgdata")
+    settings = with_dev_defaults(
+        Settings(env="development", host=host, port=8000, embedded_data_dir=data_dir)
+    )
+    assert settings.public_base_url == url
+    # Generated beside the data directory, like the other development secrets.
+    assert settings.portal_token_secret == (tmp_path / "portal_token_secret").read_text()
+    assert with_dev_defaults(Settings(host=host)).public_base_url is None  # never in production
